@@ -1,0 +1,165 @@
+"""The typed recipe schema.
+
+A recipe is YAML loaded into these dataclasses. Every field is typed, and ``Literal`` fields
+list their valid choices, so validation (``ppcr.config.loading``) can name the key, the
+expected type and the choices when a value is wrong. Defaults are the paper's setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+SpatialPrompt = Literal["none", "expression", "expression+semantic", "semantic"]
+SpatialHead = Literal["mlp", "attn"]
+BoxSource = Literal["predicted", "gt"]
+SamSize = Literal["vit_h", "vit_l", "vit_b", "tiny"]
+ModelSize = Literal["7b", "tiny"]
+Precision = Literal["bf16", "fp16", "fp32"]
+InitFrom = Literal["llava", "glamm", "checkpoint", "random"]
+
+
+@dataclass
+class LoraSpec:
+    """One LoRA adapter's shape (both adapters share it; GLaMM's values by default)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class AttnHeadSpec:
+    """The attention box head of Table 3 (self-attention + cross-attention to image tokens)."""
+
+    layers: int = 2
+    heads: int = 8
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class TinySpec:
+    """Sizes of the tiny model used on CPU (only read when ``model.size`` is ``tiny``)."""
+
+    image_size: int = 64
+    clip_patch_size: int = 8
+    clip_hidden: int = 64
+    clip_layers: int = 2
+    clip_heads: int = 4
+    llm_hidden: int = 128
+    llm_layers: int = 2
+    llm_heads: int = 4
+    llm_intermediate: int = 256
+    vocab_size: int = 512
+    sam_image_size: int = 128
+    sam_embed_dim: int = 64
+    sam_depth: int = 2
+    sam_heads: int = 4
+    sam_prompt_dim: int = 64
+    sam_decoder_mlp_dim: int = 256
+    sam_decoder_heads: int = 4
+
+
+@dataclass
+class ModelSpec:
+    """Architecture and the PPCR variant knobs of DESIGN §2."""
+
+    size: ModelSize = "7b"
+    sam: SamSize = "vit_h"
+    spatial_prompt: SpatialPrompt = "semantic"
+    spatial_head: SpatialHead = "mlp"
+    attn_head: AttnHeadSpec = field(default_factory=AttnHeadSpec)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    max_length: int = 512
+    tiny: TinySpec = field(default_factory=TinySpec)
+
+
+@dataclass
+class InitSpec:
+    """Where the weights come from (hub ids or local directories / files)."""
+
+    source: InitFrom = "glamm"
+    checkpoint: Optional[str] = None
+    llava: str = "llava-hf/llava-1.5-7b-hf"
+    clip: str = "openai/clip-vit-large-patch14-336"
+    glamm_base: str = "MBZUAI/GLaMM-GranD-Pretrained"
+    glamm_semantic: str = "MBZUAI/GLaMM-RefSeg"
+    sam_checkpoint: Optional[str] = "sam_vit_h_4b8939.pth"
+    tokenizer: Optional[str] = None
+
+
+@dataclass
+class LossSpec:
+    """Weights λ1..λ4 of the objective (paper eq. 7)."""
+
+    bce: float = 2.0
+    dice: float = 0.5
+    l1: float = 2.0
+    ce: float = 0.5
+
+
+@dataclass
+class DataSpec:
+    """Which refer-layout datasets to train on and where they live."""
+
+    root: str = "data/refer_seg"
+    images: Optional[str] = None
+    datasets: list[str] = field(default_factory=lambda: ["refcoco", "refcoco+", "refcocog"])
+    train_split: str = "train"
+    num_workers: int = 4
+
+
+@dataclass
+class TrainSpec:
+    """Optimisation (DeepSpeed ZeRO-2, AdamW, WarmupDecayLR)."""
+
+    epochs: int = 5
+    batch_size: int = 8
+    micro_batch_size: int = 2
+    max_steps: Optional[int] = None
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    scheduler: Literal["WarmupDecayLR"] = "WarmupDecayLR"
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    precision: Precision = "bf16"
+    zero_stage: int = 2
+    save_every: int = 500
+    log_every: int = 10
+
+
+@dataclass
+class EvalSpec:
+    """Evaluation protocol (DESIGN §6)."""
+
+    box_source: BoxSource = "predicted"
+    splits: list[str] = field(
+        default_factory=lambda: [
+            "refcoco/val",
+            "refcoco/testA",
+            "refcoco/testB",
+            "refcoco+/val",
+            "refcoco+/testA",
+            "refcoco+/testB",
+            "refcocog/val",
+            "refcocog/test",
+        ]
+    )
+    batch_size: int = 16
+
+
+@dataclass
+class Recipe:
+    """A whole recipe: everything a run needs, saved beside it as ``recipe.yaml``."""
+
+    name: str = "unnamed"
+    description: str = ""
+    seed: int = 42
+    model: ModelSpec = field(default_factory=ModelSpec)
+    init: InitSpec = field(default_factory=InitSpec)
+    loss: LossSpec = field(default_factory=LossSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)

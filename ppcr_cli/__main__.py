@@ -1,0 +1,3 @@
+from ppcr_cli.main import main
+
+main()
