@@ -35,7 +35,7 @@ def _check_refer(name: str, root: Path, images: Optional[Path], split_by: Option
     from ppcr.data.prepare import check_refer_layout
     from ppcr_cli.console import err, out, progress
 
-    bar, advance = progress(f"checking {name} images", None)
+    bar, advance = progress(f"checking {name}", None)
     with bar:
         report = check_refer_layout(
             name, root, images=images, split_by=split_by, check_images=not skip_images, progress=advance
@@ -49,11 +49,12 @@ def _check_refer(name: str, root: Path, images: Optional[Path], split_by: Option
         return "–" if value is None else f"{value:,}"
 
     for row in report.rows:
+        pub = row.published
         table.add_row(row.split, fmt(row.images), fmt(row.refs), fmt(row.sentences),
-                      fmt(row.published_images), fmt(row.published_refs), fmt(row.published_sentences))
+                      fmt(pub and pub.images), fmt(pub and pub.refs), fmt(pub and pub.sentences))
     out.print(table)
-    for problem in report.problems:
-        err.print(f"[yellow]problem:[/] {problem}")
+    for note in report.notes:
+        err.print(f"[dim]note:[/] {note}")
     report.raise_if_problems()
     err.print(f"[green]ok:[/] {report.dataset} layout is complete")
 
