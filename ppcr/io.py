@@ -1,0 +1,153 @@
+"""Atomic writes: an output file or directory is either the old one or the complete new one.
+
+Everything is first written next to its destination (same directory, so the same file system)
+and then moved into place with ``os.replace``, which is atomic on POSIX and Windows. A crash or an
+exception mid-write leaves the destination untouched and removes the temporary. Failures of the
+destination itself (no permission, parent is a file, disk full) become a one-line ``PPCRError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ppcr.errors import PPCRError
+
+_HINT = "check that the destination folder exists or can be created, is writable and has free space"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else the common default."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _write_error(path: Path, error: OSError) -> PPCRError:
+    reason = error.strerror or type(error).__name__
+    return PPCRError(f"cannot write {path}: {reason}", hint=_HINT)
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _write_error(path, error) from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary file path beside ``path``; on success it replaces ``path``.
+
+    The temporary keeps the destination's suffix (``.mask.tmp-1a2b.png``) so writers that pick
+    the format from the extension (PIL, safetensors) behave as for the real name. It exists
+    (empty) when yielded; the caller overwrites it. On an exception in the body it is removed,
+    the exception propagates unchanged and ``path`` is left as it was. The new file gets the
+    usual permissions (0666 minus the umask) instead of ``mkstemp``'s private 0600.
+    """
+    path = Path(path)
+    _make_parent(path)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
+    except OSError as error:
+        raise _write_error(path, error) from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, error) from None
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (flushed and fsynced before the rename)."""
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise _write_error(Path(path), error) from None
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_save_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON (UTF-8, trailing newline) atomically.
+
+    NaN and infinities are refused (``ValueError``) because they are not valid JSON and other
+    tools would fail to read the file later.
+    """
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
+    return atomic_write_text(path, text)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh directory ``<path>.tmp-XXXX`` to build in; on success it becomes ``path``.
+
+    An existing ``path`` is replaced safely: it is renamed aside to ``<path>.old-XXXX``, the new
+    directory is renamed in, and only then is the old one deleted. If the second rename fails the
+    old one is put back. ``path`` is thus never half-written, and missing only for the instant
+    between two renames (POSIX cannot swap a non-empty directory atomically). On an exception in
+    the body the temporary directory is deleted and ``path`` is untouched.
+    """
+    path = Path(path)
+    _make_parent(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-", dir=path.parent))
+    except OSError as error:
+        raise _write_error(path, error) from None
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        old: Path | None = None
+        if path.exists() or path.is_symlink():
+            old = path.with_name(f"{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old is not None:
+                os.replace(old, path)
+            raise
+        if old is not None:
+            _remove(old)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(path, error) from None
