@@ -50,8 +50,10 @@ def _root(
     """PPCR command line."""
 
 
+# --- command registration (one line per command module) ---
 app.add_typer(prepare.app, name="prepare")
 app.add_typer(recipes.app, name="recipes")
+# --- end of command registration ---
 
 
 def main() -> None:

@@ -313,9 +313,8 @@ def dump_recipe(recipe: Recipe) -> str:
 
 def save_recipe(recipe: Recipe, path: str | Path) -> Path:
     """Write the resolved recipe atomically (temp file in the same folder, then rename)."""
+    from ppcr.io import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(dump_recipe(recipe), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, dump_recipe(recipe))
     return path
