@@ -1,0 +1,11 @@
+"""Names inside a run directory (one place, so the trainer, resume checks and tests agree)."""
+
+from __future__ import annotations
+
+RECIPE_FILE = "recipe.yaml"
+ENV_FILE = "env.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+STATE_DIR = "state"
+FINAL_DIR = "final"
+RUN_ENTRIES = (RECIPE_FILE, ENV_FILE, METRICS_FILE, CHECKPOINTS_DIR, STATE_DIR, FINAL_DIR)

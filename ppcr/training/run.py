@@ -1,0 +1,243 @@
+"""``train()``: the library entry point behind ``ppcr train`` (the CLI is a thin wrapper).
+
+Run directory layout (every file and folder written atomically)::
+
+    <out>/recipe.yaml                 resolved recipe (checked against the recipe on --resume)
+    <out>/env.json                    versions, seed, git commit, world size, DeepSpeed config
+    <out>/metrics.jsonl               one row per logged step
+    <out>/checkpoints/step_000100/    model.save_pretrained export every train.save_every steps
+    <out>/state/step_000100/, latest  DeepSpeed resumable state (newest only)
+    <out>/final/                      model.save_pretrained export at the end
+
+Everything that can be checked without data or model (train settings, world size, the run
+directory, the recipe on resume) is checked here before any process starts; the dataset length
+is checked on the ranks before the model is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from ppcr.config.schema import Recipe
+from ppcr.training.errors import TrainingError, error_from_dict
+from ppcr.training.layout import RECIPE_FILE, RUN_ENTRIES, STATE_DIR
+from ppcr.training.plan import check_train_spec
+from ppcr.training.request import RunRequest
+from ppcr.training.result import TrainResult
+
+Launcher = Literal["auto", "spawn", "deepspeed"]
+# Keys that may change between an interrupted run and its resume without changing the training.
+RESUME_MAY_CHANGE = ("name", "description", "train.save_every", "train.log_every", "data.num_workers", "eval")
+
+
+def train(
+    recipe: Recipe,
+    out_dir: str | Path,
+    model_factory: Callable[[Recipe], Any] | str,
+    dataset_factory: Callable[[Recipe], Any] | str,
+    collate_fn: Callable[[list[Any]], Any] | str | None = None,
+    *,
+    resume: bool = False,
+    nproc: int = 1,
+    launcher: Launcher = "auto",
+    progress: bool | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train ``model_factory(recipe)`` on ``dataset_factory(recipe)`` into ``out_dir``.
+
+    Factories and ``collate_fn`` are callables or ``'module:attr'`` strings; for ``nproc > 1``
+    they must be importable in a fresh process (top-level functions or picklable objects for
+    ``spawn``; strings for ``deepspeed``). ``launcher='auto'`` uses DeepSpeed's launcher on GPU
+    and ``torch.multiprocessing`` spawn on CPU; ``nproc=1`` runs in this process. Inside a process
+    already started by ``deepspeed``/``torchrun`` this call trains as that rank. ``on_log`` is
+    called on rank 0 with each metrics row (in rank 0's process). Raises PPCRError subclasses for
+    bad settings, a bad run directory, and :class:`~ppcr.training.errors.NonFiniteLossError`.
+    """
+    from ppcr.training.distributed import (
+        environment,
+        external_world_size,
+        free_port,
+        launched_externally,
+        rank_environment,
+    )
+
+    out = Path(out_dir)
+    external = launched_externally()
+    if nproc < 1:
+        raise TrainingError(f"--nproc must be at least 1, got {nproc}")
+    world_size = external_world_size() if external else nproc
+    if external and nproc not in (1, world_size):
+        raise TrainingError(
+            f"--nproc {nproc} conflicts with the launcher's WORLD_SIZE={world_size}",
+            hint="under deepspeed/torchrun, leave --nproc at 1",
+        )
+    check_train_spec(recipe.train, world_size)
+    check_run_dir(out, recipe, resume, world_size)
+
+    request = RunRequest(
+        recipe=recipe,
+        out_dir=str(out),
+        model_factory=model_factory,
+        dataset_factory=dataset_factory,
+        collate_fn=collate_fn,
+        resume=resume,
+        show_progress=sys.stderr.isatty() if progress is None else progress,
+        on_log=on_log,
+    )
+    from ppcr.training.worker import run_rank
+
+    if external:
+        request.launcher = "external"
+        return run_rank(request)
+    if nproc == 1:
+        request.launcher = "in-process"
+        with environment(rank_environment(0, 1, free_port())):
+            return run_rank(request)
+
+    from ppcr.training.distributed import device_type
+
+    if device_type() == "cuda":
+        import torch
+
+        if nproc > torch.cuda.device_count():
+            raise TrainingError(
+                f"--nproc {nproc} asks for more processes than the {torch.cuda.device_count()} visible GPUs",
+                hint="use one process per GPU (multi-node runs go through deepspeed --hostfile)",
+            )
+    chosen = launcher if launcher != "auto" else ("deepspeed" if device_type() == "cuda" else "spawn")
+    request.launcher = chosen
+    result_dir = tempfile.mkdtemp(prefix="ppcr-train-")
+    try:
+        if chosen == "spawn":
+            _launch_spawn(request, nproc, result_dir)
+        elif chosen == "deepspeed":
+            _launch_deepspeed(request, nproc, result_dir)
+        else:
+            raise TrainingError(f"unknown launcher {launcher!r}; choose auto, spawn or deepspeed")
+        return _collect(result_dir, nproc, launcher_failed=None)
+    finally:
+        shutil.rmtree(result_dir, ignore_errors=True)
+
+
+def _launch_spawn(request: RunRequest, nproc: int, result_dir: str) -> None:
+    from ppcr.training.distributed import spawn_local
+    from ppcr.training.worker import run_and_report
+
+    try:
+        spawn_local(run_and_report, nproc, (request, result_dir), rendezvous_dir=result_dir)
+    except Exception as exc:  # noqa: BLE001 - the ranks' own reports say what went wrong
+        _collect(result_dir, nproc, launcher_failed=f"{type(exc).__name__}: {exc}", cause=exc)
+
+
+def _launch_deepspeed(request: RunRequest, nproc: int, result_dir: str) -> None:
+    from ppcr.training.distributed import RANK_VARIABLES, RENDEZVOUS_VARIABLE, deepspeed_launch_command
+    from ppcr.training.worker import request_to_spec
+
+    if request.on_log is not None:
+        raise TrainingError(
+            "on_log cannot be passed to ranks started by DeepSpeed's launcher", hint="use launcher='spawn'"
+        )
+    spec_path = Path(result_dir) / "spec.json"
+    spec_path.write_text(json.dumps(request_to_spec(request, result_dir)), encoding="utf-8")
+    inherited = (*RANK_VARIABLES, "LOCAL_WORLD_SIZE", RENDEZVOUS_VARIABLE)
+    env = {key: value for key, value in os.environ.items() if key not in inherited}
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])])
+    command = deepspeed_launch_command("ppcr.training.worker", [str(spec_path)], nproc)
+    done = subprocess.run(command, env=env, check=False)
+    if done.returncode != 0:
+        failure = f"DeepSpeed's launcher exited with status {done.returncode}"
+        _collect(result_dir, nproc, launcher_failed=failure)
+
+
+def _collect(
+    result_dir: str, nproc: int, launcher_failed: str | None, cause: BaseException | None = None
+) -> TrainResult:
+    """Turn the ranks' reports into rank 0's TrainResult, or raise the first rank's error."""
+    reports: dict[int, dict[str, Any]] = {}
+    for rank in range(nproc):
+        path = Path(result_dir) / f"rank{rank}.json"
+        if path.is_file():
+            reports[rank] = json.loads(path.read_text(encoding="utf-8"))
+    for rank in sorted(reports):
+        if "error" in reports[rank]:
+            raise error_from_dict(reports[rank]["error"]) from None
+    for rank in sorted(reports):
+        if "crash" in reports[rank]:
+            raise RuntimeError(f"training rank {rank} crashed:\n{reports[rank]['crash']}")
+    if launcher_failed is not None or 0 not in reports or "result" not in reports[0]:
+        raise RuntimeError(
+            f"training processes failed without a report ({launcher_failed or 'no rank 0 result'})"
+        ) from cause
+    return TrainResult.from_dict(reports[0]["result"])
+
+
+def check_run_dir(out: Path, recipe: Recipe, resume: bool, world_size: int) -> None:
+    """Refuse to overwrite a run, to resume nothing, or to resume with another recipe or world size."""
+    from ppcr.training.checkpointing import latest_state_tag, read_state_summary
+
+    existing = [name for name in RUN_ENTRIES if (out / name).exists()]
+    if not resume:
+        if existing:
+            raise TrainingError(
+                f"{out} already holds a training run ({', '.join(existing)})",
+                hint="pass --resume to continue it, or choose a new output directory",
+            )
+        return
+    if latest_state_tag(out / STATE_DIR) is None:
+        raise TrainingError(
+            f"nothing to resume in {out}: no complete training state under {out / STATE_DIR}",
+            hint="a run can be resumed once it has saved a checkpoint (train.save_every); "
+            "start without --resume",
+        )
+    differences = recipe_differences(out / RECIPE_FILE, recipe)
+    if differences:
+        more = f"; and {len(differences) - 3} more" if len(differences) > 3 else ""
+        shown = "; ".join(differences[:3]) + more
+        raise TrainingError(
+            f"the recipe differs from the run's {RECIPE_FILE}: {shown}",
+            hint=f"resume with the recipe saved in {out / RECIPE_FILE}",
+        )
+    summary = read_state_summary(out / STATE_DIR) or {}
+    if summary.get("world_size") != world_size:
+        raise TrainingError(
+            f"the training state in {out / STATE_DIR} was written by {summary.get('world_size')} processes, "
+            f"this run has {world_size}",
+            hint=f"resume with --nproc {summary.get('world_size')} "
+            "(ZeRO partitions the optimizer state by rank)",
+        )
+
+
+def recipe_differences(saved_path: Path, recipe: Recipe) -> list[str]:
+    """``key: saved -> now`` for every setting that changed and may not change on resume."""
+    import yaml
+
+    from ppcr.config.loading import recipe_from_dict, recipe_to_dict
+    from ppcr.errors import RecipeError
+
+    if not saved_path.is_file():
+        return [f"{saved_path.name} is missing"]
+    try:
+        saved = recipe_to_dict(recipe_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}))
+    except (RecipeError, yaml.YAMLError) as exc:
+        return [f"{saved_path.name} is invalid ({exc})"]
+    current = recipe_to_dict(recipe)
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if prefix and any(prefix == k or prefix.startswith(k + ".") for k in RESUME_MAY_CHANGE):
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+        elif a != b:
+            out.append(f"{prefix}: {a!r} -> {b!r}")
+
+    walk(saved, current, "")
+    return out
