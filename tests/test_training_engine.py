@@ -423,7 +423,7 @@ def test_deepspeed_launcher_with_two_ranks_matches_one_process(tmp_path):
     factories = ("tests.stand_in_model:build_stand_in", "tests.stand_in_model:build_dataset",
                  "tests.stand_in_model:collate")
     two = train(recipe, tmp_path / "two", *factories, nproc=2, launcher="deepspeed", progress=False)
-    one = train(recipe, tmp_path / "one", *factories, progress=False)
+    train(recipe, tmp_path / "one", *factories, progress=False)
     assert two.world_size == 2 and two.weight_digests[0] == two.weight_digests[1]
     assert json.loads((tmp_path / "two" / "env.json").read_text())["launcher"] == "deepspeed"
     assert_same_weights(final_weights(tmp_path / "two"), final_weights(tmp_path / "one"), atol=1e-5)

@@ -7,16 +7,13 @@ by code independent of ``ppcr.weights``, from tiny random instances of the real 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import sys
-import types
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
+from ppcr.modeling.sam import sam_modeling
 
 HIDDEN = 16
 VISION_HIDDEN = 8
@@ -79,17 +76,6 @@ def tiny_clip(seed: int = 0):
                 vocab_size=20, max_position_embeddings=10, projection_dim=8, bos_token_id=0,
                 eos_token_id=1, pad_token_id=1)
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision_config().to_dict())).eval()
-
-
-def sam_modeling():
-    """segment_anything.modeling, loaded without running the package ``__init__`` (torchvision)."""
-    name = "_ppcr_test_segment_anything"
-    if f"{name}.modeling" not in sys.modules:
-        spec = importlib.util.find_spec("segment_anything")
-        package = types.ModuleType(name)
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules[name] = package
-    return importlib.import_module(f"{name}.modeling")
 
 
 def tiny_sam(seed: int = 0):

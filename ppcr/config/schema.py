@@ -31,39 +31,60 @@ class LoraSpec:
 
 @dataclass
 class AttnHeadSpec:
-    """The attention box head of Table 3 (self-attention + cross-attention to image tokens)."""
+    """The attention box head of Table 3 (self-attention + cross-attention to image tokens).
+
+    ``dim`` is the head's working width: the query (P_box^seg) and the image tokens (projector
+    outputs, LLM width) are projected to it. At 1024 the 7B head has ~43 M parameters against
+    the F_Map MLP's ~17 M, the "substantially higher complexity" the paper reports.
+    """
 
     layers: int = 2
     heads: int = 8
     mlp_ratio: float = 4.0
+    dim: int = 1024
 
 
 @dataclass
 class TinySpec:
-    """Sizes of the tiny model used on CPU (only read when ``model.size`` is ``tiny``)."""
+    """Sizes of the tiny model used on CPU (only read when ``model.size``/``model.sam`` is ``tiny``).
+
+    Same classes as the real model (CLIP vision tower, Llama, SAM), small widths. The tokenizer is
+    a byte-level BPE trained on the Shapes-Ref words and the prompt templates; ``vocab_size`` is
+    its size before the PPCR tokens are added. ``attn_head_dim`` replaces ``attn_head.dim`` for
+    the tiny model (the ablation overlays set only ``spatial_head``).
+    """
 
     image_size: int = 64
     clip_patch_size: int = 8
     clip_hidden: int = 64
     clip_layers: int = 2
     clip_heads: int = 4
+    clip_intermediate: int = 128
     llm_hidden: int = 128
     llm_layers: int = 2
     llm_heads: int = 4
     llm_intermediate: int = 256
-    vocab_size: int = 512
+    vocab_size: int = 1024
     sam_image_size: int = 128
+    sam_patch_size: int = 8
     sam_embed_dim: int = 64
     sam_depth: int = 2
     sam_heads: int = 4
+    sam_window_size: int = 0
     sam_prompt_dim: int = 64
     sam_decoder_mlp_dim: int = 256
     sam_decoder_heads: int = 4
+    attn_head_dim: int = 64
 
 
 @dataclass
 class ModelSpec:
-    """Architecture and the PPCR variant knobs of DESIGN §2."""
+    """Architecture and the PPCR variant knobs of DESIGN §2.
+
+    ``max_length`` bounds the text tokens of one stage's prompt (the image tokens come on top).
+    ``clip_pad_to_square``: LLaVA-1.5 pads the image to a square before CLIP (True); GLaMM
+    centre-crops (False). ``attn_implementation`` is passed to transformers.
+    """
 
     size: ModelSize = "7b"
     sam: SamSize = "vit_h"
@@ -72,6 +93,8 @@ class ModelSpec:
     attn_head: AttnHeadSpec = field(default_factory=AttnHeadSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)
     max_length: int = 512
+    clip_pad_to_square: bool = True
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     tiny: TinySpec = field(default_factory=TinySpec)
 
 

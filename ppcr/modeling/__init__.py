@@ -1,0 +1,43 @@
+"""The PPCR model: LLaVA-1.5 + two LoRA adapters + PPCR heads + SAM (DESIGN §1–3).
+
+Typical use::
+
+    from ppcr.modeling import build_model, PPCRProcessor, PPCRSample
+    model = build_model(recipe)                      # or PPCRModel.from_pretrained(directory)
+    processor = PPCRProcessor.from_model(model)
+    output = model(processor(samples, rng))          # training: output.loss, output.losses
+    features = model.encode_images(processor.images([image]))     # inference: encode once ...
+    prediction = model.segment(features, processor.texts(expressions, [0] * len(expressions)))
+
+Names are imported lazily so that ``import ppcr.modeling`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "build_model": "ppcr.modeling.build",
+    "PPCRModel": "ppcr.modeling.model",
+    "ImageFeatures": "ppcr.modeling.model",
+    "PPCRPrediction": "ppcr.modeling.model",
+    "PPCROutput": "ppcr.modeling.model",
+    "PPCRProcessor": "ppcr.modeling.processor",
+    "PPCRSample": "ppcr.modeling.processor",
+    "PPCRBatch": "ppcr.modeling.batch",
+    "ImageInputs": "ppcr.modeling.batch",
+    "TextInputs": "ppcr.modeling.batch",
+    "StageInputs": "ppcr.modeling.batch",
+    "PPCRConfig": "ppcr.modeling.config",
+    "TokenIds": "ppcr.modeling.config",
+    "parameter_rows": "ppcr.modeling.summary",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ppcr.modeling' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

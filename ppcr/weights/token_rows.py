@@ -67,7 +67,6 @@ def remap_added_token_rows(
     Raises CheckpointError when the vocabularies disagree on the shared part, an id is out of
     range of its matrix, or a token to carry is absent from either side.
     """
-    import torch
 
     if src_matrix.dim() != 2 or src_matrix.shape[0] < base_size:
         raise CheckpointError(

@@ -1,0 +1,86 @@
+"""The small trainable heads between the LLM and SAM (DESIGN §1–2).
+
+- :class:`SemanticProjection` — h_sem (LLM width) → SAM's semantic prompt token (GLaMM's
+  ``text_hidden_fcs``: Linear(d, d) → ReLU → Linear(d, sam_dim)).
+- ``sem_to_input`` is a plain ``nn.Linear(d, d)`` built by the model: it writes h_sem into the
+  ``<sem>`` slot of the spatial prompt.
+- :class:`BoxMLP` — the paper's F_Map: P_box^seg → normalised (x1, y1, x2, y2) ∈ [0, 1]⁴ via
+  Linear → ReLU → Linear(·, 4) → sigmoid (eq. 4).
+- :class:`AttnBoxHead` — Table 3's attention-based alternative: P_box^seg is the query of a stack
+  of self-attention + cross-attention layers over the image tokens (the projector outputs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SemanticProjection(nn.Sequential):
+    """h_sem → one SAM sparse prompt token.
+
+    A ``Sequential`` so its keys (``0.weight``, ``2.weight``) mirror GLaMM's
+    ``text_hidden_fcs.0.{0,2}.*`` one to one.
+    """
+
+    def __init__(self, hidden: int, sam_dim: int):
+        super().__init__(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, sam_dim))
+
+
+class BoxMLP(nn.Sequential):
+    """F_Map: P_box^seg → normalised xyxy in [0, 1] (sigmoid keeps it resolution independent)."""
+
+    def __init__(self, hidden: int):
+        super().__init__(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 4))
+
+    def forward(self, p_box: torch.Tensor, image_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(p_box).sigmoid()
+
+
+class _AttnBlock(nn.Module):
+    """Pre-norm self-attention over the queries, cross-attention to the image tokens, MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm_self = nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_cross = nn.LayerNorm(dim)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        x = self.norm_self(queries)
+        queries = queries + self.self_attn(x, x, x, need_weights=False)[0]
+        x = self.norm_cross(queries)
+        queries = queries + self.cross_attn(x, keys, keys, need_weights=False)[0]
+        return queries + self.mlp(self.norm_mlp(queries))
+
+
+class AttnBoxHead(nn.Module):
+    """Box regression by attention: query = P_box^seg, keys/values = the image tokens.
+
+    Both are projected from the LLM width to ``dim``; the image tokens get a learned positional
+    embedding (one per token of the fixed CLIP grid) so the head can read positions. Output:
+    sigmoid-normalised xyxy, like :class:`BoxMLP`.
+    """
+
+    def __init__(self, hidden: int, num_image_tokens: int, dim: int, layers: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.query_in = nn.Linear(hidden, dim)
+        self.key_in = nn.Linear(hidden, dim)
+        self.key_pos = nn.Parameter(torch.zeros(1, num_image_tokens, dim))
+        nn.init.normal_(self.key_pos, std=0.02)
+        self.blocks = nn.ModuleList(_AttnBlock(dim, heads, mlp_ratio) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.box = nn.Linear(dim, 4)
+
+    def forward(self, p_box: torch.Tensor, image_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        if image_tokens is None:
+            raise ValueError("AttnBoxHead needs the image tokens of each sample")
+        queries = self.query_in(p_box).unsqueeze(1)
+        keys = self.key_in(image_tokens.to(p_box.dtype)) + self.key_pos
+        for block in self.blocks:
+            queries = block(queries, keys)
+        return self.box(self.norm(queries[:, 0])).sigmoid()

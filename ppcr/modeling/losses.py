@@ -1,0 +1,69 @@
+"""The training objective (paper eq. 7, DESIGN §3).
+
+``L = λ1·BCE + λ2·Dice + λ3·L1 + λ4·CE``:
+
+- BCE and Dice on the mask logits at the original image resolution, each averaged over pixels
+  per mask and then over masks (GLaMM/LISA: ``sigmoid_ce_loss`` and ``dice_loss`` with scale
+  1000, eps 1e-6; reference/glamm.md §4.5);
+- L1 between the predicted normalised box (the raw F_Map output, so the head learns to emit
+  ordered corners) and the ground-truth normalised xyxy, averaged over coordinates and boxes;
+- CE, the next-token loss over the assistant answers of both stages (token mean over all
+  answer tokens of the batch; it teaches the model to emit ``[SEG]`` and ``[BOX]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ppcr.config.schema import LossSpec
+
+DICE_SCALE = 1000.0
+DICE_EPS = 1e-6
+
+
+def mask_bce(logits: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over masks of the per-pixel-mean BCE-with-logits (each mask at its own H×W)."""
+    terms = [
+        F.binary_cross_entropy_with_logits(lg.float(), tg.to(device=lg.device, dtype=torch.float32))
+        for lg, tg in zip(logits, targets, strict=True)
+    ]
+    return torch.stack(terms).mean()
+
+
+def dice_loss_one(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """GLaMM's dice: ``1 − (2Σ(p/s·g) + ε) / (Σp/s + Σg/s + ε)`` with s = 1000, ε = 1e-6."""
+    prob = logits.float().sigmoid().flatten()
+    target = target.to(device=logits.device, dtype=torch.float32).flatten()
+    numerator = 2 * (prob / DICE_SCALE * target).sum()
+    denominator = (prob / DICE_SCALE).sum() + (target / DICE_SCALE).sum()
+    return 1 - (numerator + DICE_EPS) / (denominator + DICE_EPS)
+
+
+def mask_dice(logits: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over masks of :func:`dice_loss_one`."""
+    return torch.stack([dice_loss_one(lg, tg) for lg, tg in zip(logits, targets, strict=True)]).mean()
+
+
+def box_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error between normalised xyxy boxes."""
+    return F.l1_loss(pred.float(), target.to(device=pred.device, dtype=torch.float32))
+
+
+def answer_ce(ce_sum: torch.Tensor, ce_count: int) -> torch.Tensor:
+    """Token-mean cross-entropy from a summed loss and the number of answer tokens."""
+    return ce_sum / max(int(ce_count), 1)
+
+
+def weighted_total(losses: dict[str, torch.Tensor], weights: LossSpec) -> torch.Tensor:
+    """``λ1·bce + λ2·dice + λ3·l1 + λ4·ce`` over the terms present in ``losses``."""
+    lam = {"bce": weights.bce, "dice": weights.dice, "l1": weights.l1, "ce": weights.ce}
+    total = None
+    for name, value in losses.items():
+        term = lam[name] * value
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("no loss terms to combine")
+    return total

@@ -1,0 +1,603 @@
+"""PPCRModel: Semantic Understanding → Spatial Grounding → Instance Segmentation (DESIGN §1).
+
+Stage 1 (adapter ``semantic``) reads the semantic conversation; h_sem is the last-layer hidden
+state at the position *before* ``[SEG]`` (the state that predicts it, as GLaMM/LISA). SAM's
+semantic prompt is ``semantic_proj(h_sem)``.
+
+Stage 2 (adapter ``spatial``) reads the spatial conversation, whose ``<sem>`` input embedding is
+replaced by ``sem_to_input(h_sem)`` (variants ``semantic`` and ``expression+semantic``; the
+``expression`` variant has no ``<sem>``; ``none`` has no stage 2). P_box is the hidden state
+before ``[BOX]``; the box head maps it to a normalised xyxy box of the original image.
+
+Stage 3: SAM's frozen image encoder, its frozen prompt encoder fed the box (two corner tokens,
+corners ordered and scaled into SAM's resized frame) followed by the semantic prompt as one
+extra sparse token, and the trainable mask decoder (single-mask output). Logits are brought
+back to the original H×W; the mask is ``logits > 0``.
+
+Images and texts are separate inputs so that an image is encoded once and prompted many times:
+:meth:`PPCRModel.encode_images` → :class:`ImageFeatures`; :meth:`PPCRModel.segment` runs any
+number of expressions against them (batched, optionally sharing each image's prompt prefix through
+the KV cache). ``model(batch)`` is the training forward with the weighted loss (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Optional
+
+import torch
+from torch import nn
+
+from ppcr.config.schema import LossSpec, ModelSpec
+from ppcr.data.preprocess import SamTransform
+from ppcr.errors import PPCRError
+from ppcr.modeling import losses as L
+from ppcr.modeling.adapters import SEMANTIC, SPATIAL, AdapterSet
+from ppcr.modeling.batch import ImageInputs, PPCRBatch, StageInputs, TextInputs
+from ppcr.modeling.config import BaseWeights, TokenIds
+from ppcr.modeling.heads import AttnBoxHead, BoxMLP, SemanticProjection
+from ppcr.modeling.llava import ensure_vocab_rows, image_seq_length
+from ppcr.modeling.token_rows import AddedTokenRows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from segment_anything.modeling import Sam
+    from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
+
+BoxSource = Literal["predicted", "gt"]
+
+
+@dataclass
+class ImageFeatures:
+    """Per-image encodings, computed once: CLIP tokens after the projector (N×n×d, the LLM's
+    ``<image>`` embeddings) and SAM image embeddings (N×C×h×w), plus the sizes SAM needs."""
+
+    clip_tokens: torch.Tensor
+    sam_embeddings: torch.Tensor
+    input_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return len(self.original_sizes)
+
+
+@dataclass
+class PPCRPrediction:
+    """What the three stages produce for B expressions.
+
+    ``mask_logits``: one float32 H×W tensor per sample (its image's original size);
+    ``boxes``: B×4 normalised xyxy from the box head (None for ``spatial_prompt=none``);
+    ``sam_boxes``: B×4 boxes actually given to SAM, in its resized-input frame (None if no box);
+    ``h_sem``/``p_box``: the LLM hidden states (P_txt^seg, P_box^seg); ``semantic_prompt``: the
+    SAM token made from h_sem; ``iou_predictions``: SAM's own quality head for the mask (its
+    pretrained estimate; not trained by PPCR's losses); ``scores``: the confidence we report, the
+    mean foreground probability inside the predicted mask (0 for an empty mask).
+    """
+
+    mask_logits: list[torch.Tensor]
+    boxes: Optional[torch.Tensor]
+    sam_boxes: Optional[torch.Tensor]
+    h_sem: torch.Tensor
+    p_box: Optional[torch.Tensor]
+    semantic_prompt: torch.Tensor
+    iou_predictions: torch.Tensor
+    scores: torch.Tensor
+    ce_sum: Optional[torch.Tensor] = None
+    ce_count: int = 0
+
+    @property
+    def masks(self) -> list[torch.Tensor]:
+        return [logits > 0 for logits in self.mask_logits]
+
+
+@dataclass
+class PPCROutput:
+    """Training forward result: the weighted loss, its unweighted terms and the predictions."""
+
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    mask_logits: list[torch.Tensor]
+    boxes: Optional[torch.Tensor]
+    h_sem: torch.Tensor
+    p_box: Optional[torch.Tensor]
+    prediction: PPCRPrediction = field(repr=False)
+
+
+def _positions_before(input_ids: torch.Tensor, token_id: int, what: str) -> torch.Tensor:
+    """Index of the position preceding the single occurrence of ``token_id`` in each row."""
+    hits = input_ids == token_id
+    counts = hits.sum(dim=1)
+    if not bool((counts == 1).all()):
+        raise PPCRError(f"every prompt must contain exactly one {what} token; counts: {counts.tolist()}")
+    return hits.to(torch.long).argmax(dim=1) - 1
+
+
+class PPCRModel(nn.Module):
+    """LLaVA-1.5 with two LoRA adapters, the PPCR heads and SAM (see the module docstring).
+
+    Build it with :func:`ppcr.modeling.build.build_model` (from a recipe) or
+    :meth:`from_pretrained` (from a checkpoint directory); the constructor takes already built
+    parts. ``tokenizer`` and ``base`` are carried along for the processor and for saving.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        llava: "LlavaForConditionalGeneration",
+        sam: "Sam",
+        token_ids: TokenIds,
+        *,
+        tokenizer: Optional["PreTrainedTokenizerBase"] = None,
+        base: Optional[BaseWeights] = None,
+        loss_weights: Optional[LossSpec] = None,
+    ):
+        super().__init__()
+        self.spec = spec
+        self.token_ids = token_ids
+        self.tokenizer = tokenizer
+        self.base = base
+        self.loss_weights = loss_weights or LossSpec()
+        self.recipe: Optional[dict] = None  # the recipe it was built from (plain dict), saved with it
+
+        ensure_vocab_rows(llava, token_ids)
+        names = (SEMANTIC,) if spec.spatial_prompt == "none" else (SEMANTIC, SPATIAL)
+        base_name = base.llava if base is not None else None
+        self.adapters = AdapterSet.attach(llava, spec.lora, names, base_name)
+        self.llm = self.adapters.peft_model
+        self.sam = sam
+
+        hidden = self.hidden_size
+        sam_dim = sam.prompt_encoder.embed_dim
+        self.token_rows = AddedTokenRows.from_base(
+            token_ids.added, self.llava.get_input_embeddings(), self.llava.get_output_embeddings()
+        )
+        self.semantic_proj = SemanticProjection(hidden, sam_dim)
+        uses_sem_slot = spec.spatial_prompt in ("semantic", "expression+semantic")
+        self.sem_to_input = nn.Linear(hidden, hidden) if uses_sem_slot else None
+        self.box_head: Optional[nn.Module] = None
+        if spec.spatial_prompt != "none":
+            if spec.spatial_head == "attn":
+                head = spec.attn_head
+                dim = spec.tiny.attn_head_dim if spec.size == "tiny" else head.dim
+                self.box_head = AttnBoxHead(hidden, self.image_seq_length, dim, head.layers, head.heads, head.mlp_ratio)
+            else:
+                self.box_head = BoxMLP(hidden)
+        self.sam_transform = SamTransform(target_length=self.sam_image_size)
+        self._set_trainable()
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def llava(self) -> "LlavaForConditionalGeneration":
+        """The (LoRA-injected) ``LlavaForConditionalGeneration``."""
+        return self.llm.base_model.model
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.llava.model.language_model
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.llava.config.text_config.hidden_size)
+
+    @property
+    def image_seq_length(self) -> int:
+        return image_seq_length(self.llava.config)
+
+    @property
+    def clip_image_size(self) -> int:
+        return int(self.llava.config.vision_config.image_size)
+
+    @property
+    def sam_image_size(self) -> int:
+        return int(self.sam.image_encoder.img_size)
+
+    def trainable_module_paths(self) -> dict[str, str]:
+        """Name → attribute path of the fully trainable modules besides the LoRA adapters.
+
+        These are what ``heads.safetensors`` holds (keys ``<name>.<parameter>``).
+        """
+        paths = {"token_rows": "token_rows", "semantic_proj": "semantic_proj", "mask_decoder": "sam.mask_decoder"}
+        if self.sem_to_input is not None:
+            paths["sem_to_input"] = "sem_to_input"
+        if self.box_head is not None:
+            paths["box_head"] = "box_head"
+        return paths
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The modules of :meth:`trainable_module_paths`, by name."""
+        return {name: self.get_submodule(path) for name, path in self.trainable_module_paths().items()}
+
+    def _apply(self, fn, recurse=True):
+        """Casts keep SAM's random-Fourier matrix in float32.
+
+        segment-anything computes prompt coordinates in float32 and multiplies them with that
+        buffer, so ``model.to(torch.bfloat16)`` (or DeepSpeed's cast) would otherwise break box
+        prompts, and low precision there would blur box corners by several pixels.
+        """
+        result = super()._apply(fn, recurse)
+        layer = self.sam.prompt_encoder.pe_layer
+        matrix = layer.positional_encoding_gaussian_matrix
+        if matrix.is_floating_point() and matrix.dtype != torch.float32:
+            layer.positional_encoding_gaussian_matrix = matrix.float()
+        return result
+
+    def _set_trainable(self) -> None:
+        """Freeze everything, then unfreeze the adapters and the PPCR-trained modules (DESIGN §1)."""
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        for parameter in self.adapters.all_parameters():
+            parameter.requires_grad_(True)
+        for module in self.trainable_modules().values():
+            for parameter in module.parameters():
+                parameter.requires_grad_(True)
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) of everything the optimizer should update."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the LLM layers' activations in backward (saves memory on the 7B model).
+
+        Adapter routing is global state, and the backward pass recomputes a stage-2 layer after
+        the forward has switched back to the ``semantic`` adapter; a plain checkpoint would
+        silently recompute it through the wrong adapter. Each checkpointed call therefore records
+        the adapter active at forward time and re-activates it for its recomputation.
+        """
+        self.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        adapters = self.adapters
+
+        def adapter_aware(checkpoint_func):
+            def run(function, *args, **kwargs):
+                name = adapters.active
+
+                def routed(*a, **k):
+                    if adapters.active == name:
+                        return function(*a, **k)
+                    with adapters.use(name):
+                        return function(*a, **k)
+
+                return checkpoint_func(routed, *args, **kwargs)
+
+            run.ppcr_adapter_aware = True
+            return run
+
+        for module in self.language_model.modules():
+            func = getattr(module, "_gradient_checkpointing_func", None)
+            if getattr(module, "gradient_checkpointing", False) and func is not None:
+                if not getattr(func, "ppcr_adapter_aware", False):
+                    module._gradient_checkpointing_func = adapter_aware(func)
+
+    # ------------------------------------------------------------------ encoders
+
+    @torch.no_grad()
+    def encode_images(self, images: ImageInputs) -> ImageFeatures:
+        """CLIP tokens (through the projector) and SAM image embeddings, once per image.
+
+        Both encoders are frozen, so this runs without gradients in training too.
+        """
+        vision_dtype = next(self.llava.model.vision_tower.parameters()).dtype
+        out = self.llava.model.get_image_features(pixel_values=images.clip_pixels.to(vision_dtype))
+        pooled = out.pooler_output
+        clip_tokens = torch.stack(list(pooled)) if isinstance(pooled, (list, tuple)) else pooled
+        sam_dtype = self.sam.image_encoder.patch_embed.proj.weight.dtype
+        sam_embeddings = self.sam.image_encoder(images.sam_pixels.to(sam_dtype))
+        return ImageFeatures(
+            clip_tokens=clip_tokens,
+            sam_embeddings=sam_embeddings,
+            input_sizes=[tuple(s) for s in images.input_sizes],
+            original_sizes=[tuple(s) for s in images.original_sizes],
+        )
+
+    # ------------------------------------------------------------------ LLM stages
+
+    def _input_embeddings(
+        self,
+        input_ids: torch.Tensor,
+        image_tokens: Optional[torch.Tensor],
+        sem_input: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """Token embeddings with the image tokens scattered in and ``<sem>`` replaced."""
+        embeds = self.token_rows.embed(input_ids, self.llava.get_input_embeddings())
+        if image_tokens is not None:
+            image_slots = input_ids == self.token_ids.image
+            expected = image_tokens.shape[0] * image_tokens.shape[1]
+            if int(image_slots.sum()) != expected:
+                raise PPCRError(
+                    f"prompts hold {int(image_slots.sum())} image tokens, the images give {expected}",
+                    hint="build inputs with PPCRProcessor.from_model(model)",
+                )
+            embeds = embeds.masked_scatter(image_slots.unsqueeze(-1), image_tokens.to(embeds.dtype))
+        if sem_input is not None:
+            sem_slots = input_ids == self.token_ids.sem
+            if not bool((sem_slots.sum(dim=1) == 1).all()):
+                raise PPCRError("every spatial prompt of this variant must contain <sem> exactly once")
+            embeds = torch.where(sem_slots.unsqueeze(-1), sem_input.to(embeds.dtype).unsqueeze(1), embeds)
+        return embeds
+
+    def _language_model(self, embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
+        return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+
+    def _stage_hidden(
+        self,
+        adapter: str,
+        stage: StageInputs,
+        clip_tokens: torch.Tensor,
+        image_index: torch.Tensor,
+        sem_input: Optional[torch.Tensor],
+        share_prefix: bool,
+    ) -> torch.Tensor:
+        """Last-layer hidden states (B×T×d) of one stage, through the given adapter."""
+        with self.adapters.use(adapter):
+            if share_prefix:
+                shared = self._shared_prefix_hidden(stage, clip_tokens, image_index, sem_input)
+                if shared is not None:
+                    return shared
+            embeds = self._input_embeddings(stage.input_ids, clip_tokens[image_index], sem_input)
+            out = self._language_model(embeds, stage.attention_mask, use_cache=False)
+            return out.last_hidden_state
+
+    def _prefix_length(self, input_ids: torch.Tensor) -> Optional[int]:
+        """Length of the prefix every row shares up to and including the image tokens, if any."""
+        image_slots = (input_ids == self.token_ids.image).to(torch.long)
+        if int(image_slots.sum()) == 0:
+            return None
+        last = input_ids.shape[1] - 1 - image_slots.flip(1).argmax(dim=1)
+        if not bool((last == last[0]).all()):
+            return None
+        length = int(last[0]) + 1
+        if not bool((input_ids[:, :length] == input_ids[:1, :length]).all()):
+            return None
+        return length
+
+    def _shared_prefix_hidden(
+        self,
+        stage: StageInputs,
+        clip_tokens: torch.Tensor,
+        image_index: torch.Tensor,
+        sem_input: Optional[torch.Tensor],
+    ) -> Optional[torch.Tensor]:
+        """Hidden states computed with one KV-cached prefix per image (DESIGN §7).
+
+        The conversation prefix (BOS, ``USER:``, the image tokens) is identical for every
+        expression of an image, so it is run once per image and its cache is repeated for that
+        image's expressions; only the suffixes are batched. Mathematically the same as the plain
+        forward (right padding never affects earlier positions under causal attention).
+        """
+        prefix = self._prefix_length(stage.input_ids)
+        if prefix is None or prefix >= stage.input_ids.shape[1]:
+            return None
+        batch, length = stage.input_ids.shape
+        hidden = None
+        for image in torch.unique(image_index).tolist():
+            rows = (image_index == image).nonzero(as_tuple=True)[0]
+            prefix_ids = stage.input_ids[rows[:1], :prefix]
+            prefix_embeds = self._input_embeddings(prefix_ids, clip_tokens[image : image + 1], None)
+            prefix_mask = torch.ones_like(prefix_ids)
+            prefix_out = self._language_model(prefix_embeds, prefix_mask, use_cache=True)
+            cache = prefix_out.past_key_values
+            if rows.numel() > 1:
+                cache.batch_repeat_interleave(rows.numel())
+            suffix_ids = stage.input_ids[rows, prefix:]
+            suffix_embeds = self._input_embeddings(
+                suffix_ids, None, None if sem_input is None else sem_input[rows]
+            )
+            mask = torch.cat(
+                [torch.ones((rows.numel(), prefix), dtype=stage.attention_mask.dtype, device=suffix_ids.device),
+                 stage.attention_mask[rows, prefix:]],
+                dim=1,
+            )
+            suffix_out = self._language_model(suffix_embeds, mask, past_key_values=cache, use_cache=True)
+            rows_hidden = torch.cat(
+                [prefix_out.last_hidden_state.expand(rows.numel(), -1, -1), suffix_out.last_hidden_state], dim=1
+            )
+            if hidden is None:
+                hidden = rows_hidden.new_zeros((batch, length, rows_hidden.shape[-1]))
+            hidden[rows] = rows_hidden
+        return hidden
+
+    def _answer_ce(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Summed next-token CE over the labelled (answer) positions and their count."""
+        targets = labels[:, 1:]
+        selected = targets != -100
+        count = int(selected.sum())
+        if count == 0:
+            return hidden.new_zeros((), dtype=torch.float32), 0
+        states = hidden[:, :-1][selected]
+        logits = self.token_rows.logits(states, self.llava.get_output_embeddings())
+        loss = nn.functional.cross_entropy(logits.float(), targets[selected], reduction="sum")
+        return loss, count
+
+    # ------------------------------------------------------------------ SAM
+
+    def _sam_masks(
+        self,
+        features: ImageFeatures,
+        image_index: torch.Tensor,
+        semantic_prompt: torch.Tensor,
+        boxes: Optional[torch.Tensor],
+    ) -> tuple[list[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
+        """Per image: prompt encoder (box corners + semantic token) → mask decoder → original size."""
+        prompt_encoder, decoder = self.sam.prompt_encoder, self.sam.mask_decoder
+        batch = image_index.shape[0]
+        logits: list[Optional[torch.Tensor]] = [None] * batch
+        iou = semantic_prompt.new_zeros((batch,), dtype=torch.float32)
+        sam_boxes = None if boxes is None else boxes.new_zeros(boxes.shape, dtype=torch.float32)
+        embed_dtype = features.sam_embeddings.dtype
+        pe_dtype = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.dtype
+        for image in torch.unique(image_index).tolist():
+            rows = (image_index == image).nonzero(as_tuple=True)[0]
+            input_size = features.input_sizes[image]
+            semantic = semantic_prompt[rows].unsqueeze(1).to(embed_dtype)
+            if boxes is not None:
+                frame = self.sam_transform.boxes_from_normalized(boxes[rows].float(), input_size)
+                sam_boxes[rows] = frame
+                sparse, dense = prompt_encoder(points=None, boxes=frame.to(pe_dtype), masks=None)
+                sparse = torch.cat([sparse.to(embed_dtype), semantic], dim=1)
+            else:
+                sparse = semantic
+                h, w = prompt_encoder.image_embedding_size
+                dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(rows.numel(), -1, h, w)
+            low_res, quality = decoder(
+                image_embeddings=features.sam_embeddings[image : image + 1],
+                image_pe=prompt_encoder.get_dense_pe().to(embed_dtype),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense.to(embed_dtype),
+                multimask_output=False,
+            )
+            full = self.sam_transform.postprocess_masks(low_res, input_size, features.original_sizes[image])
+            for k, row in enumerate(rows.tolist()):
+                logits[row] = full[k, 0]
+            iou[rows] = quality[:, 0].float()
+        return logits, iou, sam_boxes  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ the pipeline
+
+    def _predict(
+        self,
+        features: ImageFeatures,
+        text: TextInputs,
+        *,
+        box_source: BoxSource,
+        gt_boxes: Optional[torch.Tensor],
+        share_prefix: bool,
+        compute_ce: bool,
+    ) -> PPCRPrediction:
+        image_index = text.image_index.to(features.clip_tokens.device)
+        if int(image_index.max()) >= len(features) or int(image_index.min()) < 0:
+            raise PPCRError(f"image_index out of range for {len(features)} encoded image(s)")
+        if box_source not in ("predicted", "gt"):
+            raise PPCRError(f"unknown box_source {box_source!r}; valid: predicted, gt")
+        if box_source == "gt" and gt_boxes is None:
+            raise PPCRError("box_source='gt' needs ground-truth boxes", hint="pass gt_boxes (B×4 normalised xyxy)")
+
+        # Stage 1: semantic understanding.
+        semantic = text.semantic
+        hidden = self._stage_hidden(SEMANTIC, semantic, features.clip_tokens, image_index, None, share_prefix)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        h_sem = hidden[rows, _positions_before(semantic.input_ids, self.token_ids.seg, "[SEG]")]
+        ce_sum, ce_count = self._answer_ce(hidden, semantic.labels) if compute_ce else (None, 0)
+        semantic_prompt = self.semantic_proj(h_sem)
+
+        # Stage 2: spatial grounding.
+        boxes = p_box = None
+        if self.box_head is not None:
+            if text.spatial is None:
+                raise PPCRError(f"spatial_prompt={self.spec.spatial_prompt!r} needs spatial prompts")
+            spatial = text.spatial
+            sem_input = self.sem_to_input(h_sem) if self.sem_to_input is not None else None
+            hidden2 = self._stage_hidden(SPATIAL, spatial, features.clip_tokens, image_index, sem_input, share_prefix)
+            p_box = hidden2[rows, _positions_before(spatial.input_ids, self.token_ids.box, "[BOX]")]
+            boxes = self.box_head(p_box, features.clip_tokens[image_index])
+            if compute_ce:
+                ce2, count2 = self._answer_ce(hidden2, spatial.labels)
+                ce_sum, ce_count = ce_sum + ce2, ce_count + count2
+
+        # Stage 3: instance segmentation.
+        sam_input = gt_boxes.to(h_sem.device) if box_source == "gt" else boxes
+        mask_logits, iou, sam_boxes = self._sam_masks(features, image_index, semantic_prompt, sam_input)
+        scores = torch.stack([_mask_confidence(m) for m in mask_logits])
+        return PPCRPrediction(
+            mask_logits=mask_logits,
+            boxes=boxes,
+            sam_boxes=sam_boxes,
+            h_sem=h_sem,
+            p_box=p_box,
+            semantic_prompt=semantic_prompt,
+            iou_predictions=iou,
+            scores=scores,
+            ce_sum=ce_sum,
+            ce_count=ce_count,
+        )
+
+    @torch.no_grad()
+    def segment(
+        self,
+        features: ImageFeatures,
+        text: TextInputs,
+        *,
+        box_source: BoxSource = "predicted",
+        gt_boxes: Optional[torch.Tensor] = None,
+        share_prefix: bool = True,
+    ) -> PPCRPrediction:
+        """Inference for any number of expressions against already encoded images.
+
+        ``text.image_index[b]`` picks sample b's image in ``features``. Expressions of one image
+        share its encodings and (``share_prefix``) its prompt prefix's KV cache; all are batched.
+        """
+        return self._predict(
+            features, text, box_source=box_source, gt_boxes=gt_boxes, share_prefix=share_prefix, compute_ce=False
+        )
+
+    def forward(self, batch: PPCRBatch, box_source: BoxSource = "predicted") -> PPCROutput:
+        """Training forward: predictions plus ``loss = λ·(bce, dice, l1, ce)`` (DESIGN §3).
+
+        Terms without ground truth in the batch are left out (no masks → no bce/dice; no boxes
+        or no spatial stage → no l1).
+        """
+        features = self.encode_images(batch.images)
+        prediction = self._predict(
+            features,
+            batch.text,
+            box_source=box_source,
+            gt_boxes=batch.gt_boxes,
+            share_prefix=False,
+            compute_ce=True,
+        )
+        terms: dict[str, torch.Tensor] = {}
+        if batch.gt_masks is not None:
+            terms["bce"] = L.mask_bce(prediction.mask_logits, batch.gt_masks)
+            terms["dice"] = L.mask_dice(prediction.mask_logits, batch.gt_masks)
+        if prediction.boxes is not None and batch.gt_boxes is not None:
+            terms["l1"] = L.box_l1(prediction.boxes, batch.gt_boxes)
+        terms["ce"] = L.answer_ce(prediction.ce_sum, prediction.ce_count)
+        loss = L.weighted_total(terms, self.loss_weights)
+        return PPCROutput(
+            loss=loss,
+            losses=terms,
+            mask_logits=prediction.mask_logits,
+            boxes=prediction.boxes,
+            h_sem=prediction.h_sem,
+            p_box=prediction.p_box,
+            prediction=prediction,
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        state_dict: Optional[dict[str, torch.Tensor]] = None,
+        recipe: Optional[dict] = None,
+    ) -> Path:
+        """Write a checkpoint directory atomically (see :mod:`ppcr.modeling.checkpoint`).
+
+        ``state_dict`` (keys of ``self.state_dict()``) replaces the module's own tensors, e.g.
+        the fp32 master weights a DeepSpeed run consolidates; ``recipe`` (a plain dict) is stored
+        for provenance, by default the one the model was built from.
+        """
+        from ppcr.modeling.checkpoint import save_checkpoint
+
+        return save_checkpoint(self, directory, state_dict=state_dict, recipe=recipe if recipe is not None else self.recipe)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = None,
+        spec_overrides: Optional[dict] = None,
+    ) -> "PPCRModel":
+        """Rebuild a model saved with :meth:`save_pretrained` (outputs are bit-identical)."""
+        from ppcr.modeling.checkpoint import load_checkpoint
+
+        return load_checkpoint(directory, dtype=dtype, device=device, spec_overrides=spec_overrides)
+
+
+def _mask_confidence(logits: torch.Tensor) -> torch.Tensor:
+    """Mean foreground probability inside the predicted mask; 0 when the mask is empty."""
+    inside = logits > 0
+    if not bool(inside.any()):
+        return logits.new_zeros((), dtype=torch.float32)
+    return logits[inside].float().sigmoid().mean()
