@@ -1,0 +1,129 @@
+"""``ppcr eval``: defaults from the checkpoint's recipe, table / JSON output, files written, and
+one-line errors (exit 1, no traceback) for bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import typer
+
+from ppcr.evaluation.runs import default_eval_dir, run_dir_of
+from ppcr_cli.errors import run_guarded
+from tests.test_cli import _assert_one_line_error, run
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from ppcr.data.shapes import generate_shapes_ref
+
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes_ref(root, seed=0, images=20)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, data_root):
+    """A tiny random model saved with a recipe whose data.root points at the test data."""
+    from ppcr.config.loading import load_recipe
+    from ppcr.modeling.build import build_model
+
+    recipe = load_recipe("shapes")
+    recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, root=str(data_root)))
+    directory = tmp_path_factory.mktemp("ckpt") / "model"
+    build_model(recipe).save_pretrained(directory, recipe=dataclasses.asdict(recipe))
+    return directory
+
+
+def _in_process(*args: str) -> int:
+    from ppcr_cli.main import app
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_guarded(typer.main.get_command(app), list(args))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_json_output_uses_the_recipes_data_root_and_writes_everything(checkpoint):
+    result = run(
+        "eval", "--model", str(checkpoint), "--dataset", "shapes", "--split", "val", "--split", "testB",
+        "--format", "json", "--save-vis", "2", "--batch-size", "8", "--device", "cpu",
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)  # JSON only on stdout
+    assert [(p["dataset"], p["split"]) for p in payload] == [("shapes", "val"), ("shapes", "testB")]
+    out = checkpoint / "eval"  # not inside a run: <model>/eval
+    for entry in payload:
+        folder = out / f"shapes_{entry['split']}"
+        assert entry["out_dir"] == str(folder)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["oIoU"] == entry["oIoU"] and metrics["count"] == entry["count"] > 0
+        assert metrics["model"] == str(checkpoint) and metrics["box_source"] == "predicted"
+        lines = (folder / "per_sentence.csv").read_text().splitlines()
+        assert len(lines) == 1 + metrics["count"]
+        assert len(list((folder / "vis").glob("*.png"))) == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_table_output_shows_the_written_metrics(checkpoint, data_root, tmp_path, capsys):
+    code = _in_process(
+        "eval", "--model", str(checkpoint), "--dataset", "shapes", "--split", "testB",
+        "--data-root", str(data_root), "--out", str(tmp_path), "--box-source", "gt", "--device", "cpu",
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    metrics = json.loads((tmp_path / "shapes_testB" / "metrics.json").read_text())
+    assert metrics["box_source"] == "gt"
+    row = next(line for line in captured.out.splitlines() if "testB" in line)
+    assert f"{metrics['oIoU']:.2f}" in row and f"{metrics['mIoU']:.2f}" in row
+    assert f"{metrics['P@0.5']:.2f}" in row
+    assert "oIoU" in captured.out and "mIoU" in captured.out
+
+
+def test_default_output_folder_follows_the_run_layout(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "final").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step_000100").mkdir(parents=True)
+    (run_dir / "recipe.yaml").write_text("name: x\n")
+    assert run_dir_of(run_dir / "final") == run_dir
+    assert default_eval_dir(run_dir / "final") == run_dir / "eval"
+    assert default_eval_dir(run_dir / "final", "gt") == run_dir / "eval-gt"
+    assert default_eval_dir(run_dir) == run_dir / "eval"
+    step = run_dir / "checkpoints" / "step_000100"
+    assert default_eval_dir(step) == step / "eval"  # intermediate checkpoints keep their own
+
+
+def test_bad_inputs_are_one_line_errors(checkpoint, data_root, tmp_path):
+    model = str(checkpoint)
+    _assert_one_line_error(
+        run("eval", "--model", str(tmp_path / "missing"), "--dataset", "shapes", "--split", "val"),
+        1, "model directory not found",
+    )
+    _assert_one_line_error(
+        run("eval", "--model", str(tmp_path), "--dataset", "shapes", "--split", "val"), 1, "is not a PPCR checkpoint"
+    )
+    _assert_one_line_error(
+        run("eval", "--model", model, "--dataset", "refcocox", "--split", "val"), 1, "unknown dataset 'refcocox'"
+    )
+    _assert_one_line_error(
+        run("eval", "--model", model, "--dataset", "refcocog", "--split", "testA"),
+        1, "unknown split 'testA' for refcocog",
+    )
+    no_images = tmp_path / "root"
+    (no_images / "shapes").mkdir(parents=True)
+    for name in ("refs(unc).p", "instances.json"):
+        (no_images / "shapes" / name).write_bytes((data_root / "shapes" / name).read_bytes())
+    _assert_one_line_error(
+        run("eval", "--model", model, "--dataset", "shapes", "--split", "val", "--data-root", str(no_images)),
+        1, "images folder not found",
+    )
+    _assert_one_line_error(
+        run("eval", "--model", model, "--dataset", "shapes", "--split", "val", "--box-source", "oracle"),
+        1, "--box-source must be one of predicted, gt",
+    )
