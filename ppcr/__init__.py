@@ -14,6 +14,7 @@ _LAZY = {
     "load_recipe": "ppcr.config.loading",
     "Recipe": "ppcr.config.schema",
     "PPCRError": "ppcr.errors",
+    "PPCRPredictor": "ppcr.inference.predictor",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -12,6 +12,9 @@ import typer
 
 from ppcr.version import __version__
 from ppcr_cli import prepare, recipes
+from ppcr_cli import eval as eval_cli
+from ppcr_cli import tables as tables_cli
+from ppcr_cli import predict
 from ppcr_cli.errors import main_entry
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -53,6 +56,9 @@ def _root(
 # --- command registration (one line per command module) ---
 app.add_typer(prepare.app, name="prepare")
 app.add_typer(recipes.app, name="recipes")
+app.command("predict")(predict.predict_command)
+app.command("eval")(eval_cli.eval_command)
+app.command("tables")(tables_cli.tables_command)
 # --- end of command registration ---
 
 

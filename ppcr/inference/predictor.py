@@ -1,0 +1,273 @@
+"""``PPCRPredictor``: encode an image once, then ask for any number of referring expressions.
+
+This is SAM's ``set_image`` / ``predict`` pattern (DESIGN §7): :meth:`PPCRPredictor.set_image`
+runs both frozen vision encoders (CLIP through the projector, SAM's image encoder) once and
+keeps their outputs; every :meth:`~PPCRPredictor.predict` / :meth:`~PPCRPredictor.predict_batch`
+only runs the two LLM stages and SAM's light mask decoder against the cached features.
+Results come back in the image's own pixel frame (upright, original size) as numpy / floats, so
+callers never touch tensors.
+
+Expressions longer than the model's context are shortened word by word from the end, exactly as
+the processor does for training data; the predictor reports it (``Prediction.truncated`` and an
+:class:`ExpressionTruncatedWarning`) instead of doing it silently.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from ppcr.data import templates
+from ppcr.errors import CheckpointError, PPCRError
+from ppcr.images import ImageSource, load_image
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+    from ppcr.modeling.model import ImageFeatures, PPCRModel
+    from ppcr.modeling.processor import PPCRProcessor
+
+Box = tuple[float, float, float, float]
+
+
+class ExpressionTruncatedWarning(UserWarning):
+    """An expression did not fit the model's context and lost its last words."""
+
+
+@dataclass(frozen=True, eq=False)  # eq would compare numpy masks ambiguously
+class Prediction:
+    """One expression's result, in the pixel frame of the upright input image.
+
+    ``mask``: H×W bool; ``box``: the predicted box ``(x1, y1, x2, y2)`` in pixels (corners
+    ordered, clipped to the image) that was given to SAM as the Spatial Segmentation Prompt, or
+    None for a model without a spatial stage (``spatial_prompt=none``); ``score``: the mean
+    foreground probability inside the mask (0 for an empty mask); ``expression``: the text the
+    model actually read (normalised, possibly shortened); ``truncated``: it was shortened.
+    """
+
+    mask: np.ndarray
+    box: Optional[Box]
+    score: float
+    expression: str = ""
+    truncated: bool = False
+
+    @property
+    def area(self) -> int:
+        """Mask area in pixels."""
+        return int(np.count_nonzero(self.mask))
+
+
+class PPCRPredictor:
+    """Referring segmentation of one image at a time with a loaded :class:`PPCRModel`.
+
+    Build it with :meth:`from_pretrained` (a checkpoint directory, a hub id, or the embedded
+    default) or from a model already in memory: ``PPCRPredictor(model)``.
+    """
+
+    def __init__(
+        self,
+        model: "PPCRModel",
+        processor: Optional["PPCRProcessor"] = None,
+        *,
+        share_prefix: bool = True,
+    ):
+        from ppcr.modeling.processor import PPCRProcessor
+
+        self.model = model.eval()
+        _keep_sam_coordinates_fp32(model)
+        self.processor = processor if processor is not None else PPCRProcessor.from_model(model)
+        self.share_prefix = share_prefix
+        self._features: Optional["ImageFeatures"] = None
+        self._image: Optional["Image.Image"] = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        dtype: str = "fp32",
+    ) -> "PPCRPredictor":
+        """Load a checkpoint (``None``: the embedded default model) onto ``device`` in ``dtype``.
+
+        ``device``: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; ``dtype``: ``fp32`` | ``bf16`` |
+        ``fp16``. Device and dtype are checked before any weights are read.
+        """
+        from ppcr.inference.model_source import resolve_model_dir
+        from ppcr.modeling.model import PPCRModel
+        from ppcr.utils.device import resolve_device, resolve_dtype
+
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        directory = resolve_model_dir(path_or_hub_id)
+        try:
+            model = PPCRModel.from_pretrained(directory, dtype=torch_dtype, device=torch_device)
+        except PPCRError:
+            raise
+        except Exception as error:  # a reader failing on a damaged file the loaders did not anticipate
+            if not _is_file_error(error):
+                raise
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointError(
+                f"cannot load the model in {directory}: {reason}",
+                hint="a file of the checkpoint is missing or damaged; copy or save it again",
+            ) from None
+        return cls(model)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def device(self) -> "torch.device":
+        return next(self.model.parameters()).device
+
+    @property
+    def image(self) -> Optional["Image.Image"]:
+        """The current image as the model sees it (upright 8-bit RGB), or None."""
+        return self._image
+
+    @property
+    def image_size(self) -> Optional[tuple[int, int]]:
+        """(height, width) of the current image, or None."""
+        return None if self._image is None else (self._image.height, self._image.width)
+
+    @property
+    def max_length(self) -> int:
+        """The model's context budget for a prompt's text tokens (image tokens not counted)."""
+        return self.processor.max_length
+
+    def set_image(self, image: ImageSource) -> None:
+        """Read ``image`` (path, PIL image or H×W×C array) and encode it once for later predicts.
+
+        The previous image is forgotten first, so a failure here never leaves stale features
+        that a later ``predict`` would silently use.
+        """
+        self.reset_image()
+        rgb = load_image(image)
+        inputs = self.processor.images([rgb]).to(self.device)
+        self._features = self.model.encode_images(inputs)
+        self._image = rgb
+
+    def reset_image(self) -> None:
+        """Forget the current image and its cached features."""
+        self._features = None
+        self._image = None
+
+    # ------------------------------------------------------------------ text
+
+    def fit_expression(self, expression: str) -> tuple[str, bool]:
+        """(text the model will read, whether it had to be shortened to fit ``max_length``).
+
+        Raises ``DataError`` for an empty expression or one whose first word alone is too long.
+        """
+        if not isinstance(expression, str):
+            raise PPCRError(f"an expression must be a string, got {type(expression).__name__}")
+        full = templates.normalise_expression(expression)
+        kept = full
+        for build in self._stage_builders():
+            read: list[str] = []
+
+            def recording(text: str, build=build, read=read):
+                read.append(text)
+                return build(text)
+
+            # The processor's own budget rule, so this agrees with what it would feed the model.
+            self.processor._turn_within_budget(recording, full)
+            if len(read[-1]) < len(kept):
+                kept = read[-1]
+        return kept, kept != full
+
+    def _stage_builders(self):
+        variant = self.processor.spatial_prompt
+        builders = [lambda text: templates.semantic_turn(text, None)]
+        if variant != "none":
+            builders.append(lambda text: templates.spatial_turn(variant, text, None))
+        return builders
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict(self, expression: str) -> Prediction:
+        """Segment what ``expression`` refers to in the current image."""
+        if not isinstance(expression, str):
+            raise PPCRError(
+                f"predict takes one expression (a string), got {type(expression).__name__}",
+                hint="use predict_batch for several expressions",
+            )
+        return self.predict_batch([expression])[0]
+
+    def predict_batch(self, expressions: Sequence[str], batch_size: Optional[int] = None) -> list[Prediction]:
+        """Segment several expressions of the current image, batched through both LLM stages.
+
+        All expressions go through one call of the model unless ``batch_size`` caps how many
+        share a call (to bound memory). Results are in the order of ``expressions``.
+        """
+        if isinstance(expressions, str):
+            raise PPCRError("predict_batch takes a list of expressions, got a single string",
+                            hint="use predict for one expression")
+        if self._features is None or self._image is None:
+            raise PPCRError("no image is set", hint="call set_image(image) before predict")
+        if batch_size is not None and batch_size < 1:
+            raise PPCRError(f"batch_size must be at least 1, got {batch_size}")
+        fitted = [self.fit_expression(e) for e in expressions]
+        for original, (text, truncated) in zip(expressions, fitted):
+            if truncated:
+                warnings.warn(
+                    ExpressionTruncatedWarning(
+                        f"expression {original[:40]!r}… was shortened to {len(text.split())} words "
+                        f"to fit the model's context ({self.max_length} text tokens)"
+                    ),
+                    stacklevel=2,
+                )
+        step = batch_size or max(1, len(fitted))
+        results: list[Prediction] = []
+        for start in range(0, len(fitted), step):
+            results.extend(self._run(fitted[start : start + step]))
+        return results
+
+    def _run(self, fitted: list[tuple[str, bool]]) -> list[Prediction]:
+        texts = self.processor.texts([t for t, _ in fitted], [0] * len(fitted))
+        output = self.model.segment(self._features, texts.to(self.device), share_prefix=self.share_prefix)
+        height, width = self.image_size
+        boxes = None if output.boxes is None else output.boxes.detach().float().cpu().numpy()
+        scores = output.scores.detach().float().cpu().numpy()
+        results = []
+        for b, (text, truncated) in enumerate(fitted):
+            mask = (output.mask_logits[b] > 0).cpu().numpy()
+            box = None if boxes is None else _pixel_box(boxes[b], width, height)
+            results.append(Prediction(mask=mask, box=box, score=float(scores[b]), expression=text, truncated=truncated))
+        return results
+
+
+def _keep_sam_coordinates_fp32(model: "PPCRModel") -> None:
+    """segment-anything's prompt encoder casts box coordinates to float32 before multiplying
+    them with its random-Fourier matrix, so that matrix (a buffer, cast by ``model.to(bf16)``)
+    must stay float32 or bf16/fp16 inference fails with a dtype mismatch. Idempotent."""
+    import torch
+
+    layer = model.sam.prompt_encoder.pe_layer
+    matrix = layer.positional_encoding_gaussian_matrix
+    if matrix.dtype != torch.float32:
+        layer.positional_encoding_gaussian_matrix = matrix.float()
+
+
+def _pixel_box(normalised: np.ndarray, width: int, height: int) -> Box:
+    """Normalised xyxy (any corner order) → ordered pixel corners inside the image."""
+    x1, y1, x2, y2 = (float(v) for v in normalised)
+    xs = sorted((min(max(x1, 0.0), 1.0) * width, min(max(x2, 0.0), 1.0) * width))
+    ys = sorted((min(max(y1, 0.0), 1.0) * height, min(max(y2, 0.0), 1.0) * height))
+    return (xs[0], ys[0], xs[1], ys[1])
+
+
+def _is_file_error(error: BaseException) -> bool:
+    """Errors a weights reader raises on a missing, truncated or garbled file."""
+    if isinstance(error, (OSError, ValueError, EOFError)):
+        return True
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(error, SafetensorError)
