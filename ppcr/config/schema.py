@@ -17,6 +17,9 @@ SamSize = Literal["vit_h", "vit_l", "vit_b", "tiny"]
 ModelSize = Literal["7b", "tiny"]
 Precision = Literal["bf16", "fp16", "fp32"]
 InitFrom = Literal["llava", "glamm", "checkpoint", "random"]
+BaseComponent = Literal[
+    "language_model", "vision_tower", "projector", "embeddings", "sam_image_encoder", "sam_prompt_encoder"
+]
 
 
 @dataclass
@@ -95,6 +98,9 @@ class ModelSpec:
     max_length: int = 512
     clip_pad_to_square: bool = True
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    # Base components to train too. The paper freezes them all (they are pretrained); a tiny
+    # randomly initialised base has nothing to keep, so the shapes recipe trains it.
+    unfreeze: list[BaseComponent] = field(default_factory=list)
     tiny: TinySpec = field(default_factory=TinySpec)
 
 

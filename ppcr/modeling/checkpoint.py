@@ -2,7 +2,7 @@
 
 Layout::
 
-    config.json              PPCRConfig: resolved model spec, token ids, base weights, recipe
+    config.json              PPCRConfig: resolved model spec, token ids, prompt format, base weights, recipe
     semantic/                peft layout: adapter_config.json + adapter_model.safetensors
     spatial/                 (absent for spatial_prompt=none)
     heads.safetensors        token_rows.*, semantic_proj.*, sem_to_input.*, box_head.*, mask_decoder.*
@@ -27,7 +27,7 @@ import torch
 from ppcr.config.schema import LossSpec, ModelSpec
 from ppcr.errors import CheckpointError
 from ppcr.io import atomic_directory
-from ppcr.modeling.config import CONFIG_NAME, BaseWeights, PPCRConfig
+from ppcr.modeling.config import CONFIG_NAME, BaseWeights, PPCRConfig, PromptFormat
 
 if TYPE_CHECKING:  # pragma: no cover
     from ppcr.modeling.model import PPCRModel
@@ -99,7 +99,8 @@ def save_checkpoint(
     directory = Path(directory)
     base = model.base
     with atomic_directory(directory) as tmp:
-        if base is None or base.kind != "reference":
+        # A referenced public base is only valid while the base is untouched by training.
+        if base is None or base.kind != "reference" or model.spec.unfreeze:
             with quiet_progress():
                 model.llava.save_pretrained(tmp / BASE_LLAVA_DIR, state_dict=base_llava_state(state))
             save_file(_under(state, SAM_PREFIX), str(tmp / BASE_SAM_FILE), metadata={"format": "pt"})
@@ -109,9 +110,16 @@ def save_checkpoint(
         model.adapters.save(tmp, base_name_or_path=saved_base.llava, state_dict=_under(state, LLM_PREFIX))
         save_file(heads_state(model, state), str(tmp / HEADS_FILE), metadata={"format": "pt"})
         model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
-        config = PPCRConfig(model=model.spec, base=saved_base, token_ids=model.token_ids, recipe=recipe)
+        config = PPCRConfig(
+            model=model.spec, base=saved_base, token_ids=model.token_ids, recipe=recipe, prompt=prompt_format(model)
+        )
         (tmp / CONFIG_NAME).write_text(config.to_json(), encoding="utf-8")
     return directory
+
+
+def prompt_format(model: "PPCRModel") -> PromptFormat:
+    """The prompt format a model's weights expect (``model.prompt_format``; bare ``<image>`` if unset)."""
+    return getattr(model, "prompt_format", None) or PromptFormat()
 
 
 def _check_spec(saved: ModelSpec, wanted: ModelSpec, directory: Path) -> None:
@@ -231,6 +239,7 @@ def load_checkpoint(
     skip = set() if (saved.spatial_head, saved.attn_head) == (wanted.spatial_head, wanted.attn_head) else {"box_head"}
     _load_heads(model, directory, _saved_module_names(saved), skip)
     model.recipe = config.recipe
+    model.prompt_format = config.prompt
     saved_loss = (config.recipe or {}).get("loss")
     if isinstance(saved_loss, dict):
         try:

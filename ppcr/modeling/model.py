@@ -231,6 +231,25 @@ class PPCRModel(nn.Module):
         for module in self.trainable_modules().values():
             for parameter in module.parameters():
                 parameter.requires_grad_(True)
+        for name in self.spec.unfreeze:
+            for module in self.base_component(name):
+                for parameter in module.parameters():
+                    parameter.requires_grad_(True)
+
+    def base_component(self, name: str) -> list[nn.Module]:
+        """The modules behind a ``model.unfreeze`` name (see ``ModelSpec.unfreeze``)."""
+        llava = self.llava
+        components = {
+            "language_model": lambda: [self.language_model],
+            "vision_tower": lambda: [llava.model.vision_tower],
+            "projector": lambda: [llava.model.multi_modal_projector],
+            "embeddings": lambda: [llava.get_input_embeddings(), llava.get_output_embeddings()],
+            "sam_image_encoder": lambda: [self.sam.image_encoder],
+            "sam_prompt_encoder": lambda: [self.sam.prompt_encoder],
+        }
+        if name not in components:
+            raise PPCRError(f"unknown base component {name!r}; valid: {', '.join(components)}")
+        return components[name]()
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) of everything the optimizer should update."""
@@ -274,7 +293,8 @@ class PPCRModel(nn.Module):
     def encode_images(self, images: ImageInputs) -> ImageFeatures:
         """CLIP tokens (through the projector) and SAM image embeddings, once per image.
 
-        Both encoders are frozen, so this runs without gradients in training too.
+        Both encoders are frozen (unless ``model.unfreeze`` names them), so no autograd graph is
+        built through them in training.
         """
         vision_dtype = next(self.llava.model.vision_tower.parameters()).dtype
         out = self.llava.model.get_image_features(pixel_values=images.clip_pixels.to(vision_dtype))
