@@ -15,6 +15,7 @@ from ppcr_cli import prepare, recipes
 from ppcr_cli import eval as eval_cli
 from ppcr_cli import tables as tables_cli
 from ppcr_cli import predict
+from ppcr_cli import train as train_cli
 from ppcr_cli.errors import main_entry
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -56,6 +57,7 @@ def _root(
 # --- command registration (one line per command module) ---
 app.add_typer(prepare.app, name="prepare")
 app.add_typer(recipes.app, name="recipes")
+app.command("train")(train_cli.train_command)
 app.command("predict")(predict.predict_command)
 app.command("eval")(eval_cli.eval_command)
 app.command("tables")(tables_cli.tables_command)

@@ -1,0 +1,145 @@
+"""What ``ppcr train`` trains: the PPCR model on refer-layout datasets, wired into the engine.
+
+The engine (:mod:`ppcr.training.run`) is model-agnostic; it takes a model factory, a dataset
+factory and a collate function. This module provides the three for PPCR, as importable
+top-level names so that spawned and DeepSpeed-launched ranks can resolve them
+(``"ppcr.training.ppcr_task:build_train_model"`` etc.).
+
+- The dataset yields one sentence per item (DESIGN §4), over all ``recipe.data.datasets``, with
+  its mask decoded and its image loaded in DataLoader workers.
+- The model is wrapped so that its forward takes those raw items: the processor (tokenizer,
+  CLIP/SAM transforms) belongs to the model, and the semantic/spatial templates are sampled with
+  a random stream derived from the seed, the epoch and the sample index, so a resumed run sees
+  exactly the prompts an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ppcr.config.schema import Recipe
+from ppcr.data.refer import ReferDataset
+from ppcr.errors import DataError
+
+
+@dataclass
+class TrainItem:
+    """One training sentence: what the processor needs plus the key of its template stream."""
+
+    image: Any
+    expression: str
+    mask: np.ndarray
+    box_xyxy: tuple[float, float, float, float]
+    image_key: tuple[str, int]
+    template_seed: str
+
+
+class ReferTrainDataset(torch.utils.data.Dataset):
+    """The concatenation of ``recipe.data.datasets``' training splits, one item per sentence."""
+
+    def __init__(self, recipe: Recipe):
+        data = recipe.data
+        if not data.datasets:
+            raise DataError("data.datasets is empty; name at least one dataset to train on")
+        self.seed = recipe.seed
+        self.epoch = 0
+        self.parts = [
+            ReferDataset(name, data.root, data.train_split, images=data.images) for name in data.datasets
+        ]
+        self.offsets = [0]
+        for part in self.parts:
+            self.offsets.append(self.offsets[-1] + len(part))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int) -> TrainItem:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        part_index = bisect.bisect_right(self.offsets, index) - 1
+        part = self.parts[part_index]
+        sample = part[index - self.offsets[part_index]]
+        from ppcr.images import load_image
+
+        return TrainItem(
+            image=load_image(sample.image_path),
+            expression=sample.text,
+            mask=part.mask(sample),
+            box_xyxy=sample.box_xyxy,
+            image_key=(sample.dataset, sample.image_id),
+            template_seed=f"{self.seed}:{self.epoch}:{index}",
+        )
+
+
+def collate_items(items: list[TrainItem]) -> list[TrainItem]:
+    """Items stay as they are; the model's processor batches them (it owns the tokenizer)."""
+    return list(items)
+
+
+class PPCRTrainModule(nn.Module):
+    """The PPCR model plus its processor, taking raw :class:`TrainItem` lists.
+
+    ``save_pretrained`` writes a plain PPCR checkpoint directory (``PPCRModel.from_pretrained``
+    reads it directly); ``state_dict=`` carries the consolidated fp32 master weights.
+    """
+
+    def __init__(self, model: nn.Module, recipe: Recipe):
+        super().__init__()
+        from ppcr.modeling.processor import PPCRProcessor
+
+        self.model = model
+        self.recipe = recipe
+        self.processor = PPCRProcessor.from_model(model)
+
+    def forward(self, items: list[TrainItem]):
+        from ppcr.modeling.processor import PPCRSample
+
+        samples = [
+            PPCRSample(image=i.image, expression=i.expression, mask=i.mask, box_xyxy=i.box_xyxy, image_key=i.image_key)
+            for i in items
+        ]
+        rng = random.Random("|".join(i.template_seed for i in items))
+        batch = self.processor(samples, rng=rng)
+        device = next(self.model.parameters()).device
+        return self.model(batch.to(device))
+
+    def save_pretrained(self, directory: str | Path, state_dict: Optional[dict[str, torch.Tensor]] = None) -> Path:
+        from ppcr.config.loading import recipe_to_dict
+
+        inner = None
+        if state_dict is not None:
+            inner = {k[len("model.") :]: v for k, v in state_dict.items() if k.startswith("model.")}
+        return self.model.save_pretrained(directory, state_dict=inner, recipe=recipe_to_dict(self.recipe))
+
+
+def build_train_dataset(recipe: Recipe) -> ReferTrainDataset:
+    return ReferTrainDataset(recipe)
+
+
+def build_train_model(recipe: Recipe) -> PPCRTrainModule:
+    from ppcr.modeling.build import build_model
+
+    return PPCRTrainModule(build_model(recipe), recipe)
+
+
+MODEL_FACTORY = "ppcr.training.ppcr_task:build_train_model"
+DATASET_FACTORY = "ppcr.training.ppcr_task:build_train_dataset"
+COLLATE = "ppcr.training.ppcr_task:collate_items"
+
+
+def train_ppcr(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, nproc: int = 1, **kwargs):
+    """Train PPCR as ``recipe`` says into ``out_dir`` (what ``ppcr train`` runs)."""
+    from ppcr.training.run import train
+
+    return train(recipe, out_dir, MODEL_FACTORY, DATASET_FACTORY, COLLATE, resume=resume, nproc=nproc, **kwargs)

@@ -1,0 +1,56 @@
+"""``ppcr train``: a thin wrapper over :func:`ppcr.training.ppcr_task.train_ppcr`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+EXAMPLES = """Examples:
+
+  ppcr train --recipe shapes
+
+  ppcr train --recipe shapes train.lr=5e-4 spatial-head=attn --out runs/shapes-attn
+
+  ppcr train --recipe paper --nproc 4
+
+  ppcr train --recipe shapes --out runs/shapes --resume
+
+Multi-GPU and multi-node runs use DeepSpeed's own launcher (see README, "Training")."""
+
+
+def train_command(
+    overrides: Annotated[
+        Optional[list[str]], typer.Argument(help="key=value overrides, e.g. train.lr=1e-4 spatial-head=attn.")
+    ] = None,
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name (paper, shapes) or a YAML path.")] = "shapes",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory [default: runs/<recipe name>].")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last state.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", help="Local processes (GPUs, or CPU ranks with gloo).")] = 1,
+    launcher: Annotated[
+        str, typer.Option("--launcher", help="auto (DeepSpeed launcher on GPU, spawn on CPU), spawn or deepspeed.")
+    ] = "auto",
+) -> None:
+    """Train PPCR with DeepSpeed (ZeRO-2, AdamW, WarmupDecayLR) as a recipe says.
+
+    Writes recipe.yaml, env.json, metrics.jsonl, checkpoints/, state/ and final/ into the run
+    directory; final/ is a PPCR checkpoint for `ppcr eval` and `ppcr predict`.
+    """
+    from ppcr.config.loading import load_recipe
+    from ppcr.errors import PPCRError
+    from ppcr.training.ppcr_task import train_ppcr
+    from ppcr_cli.console import err
+
+    if launcher not in ("auto", "spawn", "deepspeed"):
+        raise PPCRError(f"unknown --launcher {launcher!r}; valid: auto, spawn, deepspeed")
+    resolved = load_recipe(recipe, overrides or [])
+    run_dir = out if out is not None else Path("runs") / resolved.name
+    result = train_ppcr(resolved, run_dir, resume=resume, nproc=nproc, launcher=launcher)
+    err.print(
+        f"[green]done:[/] {result.steps} steps, {result.samples_per_s:.1f} samples/s; "
+        f"checkpoint {result.final_dir}"
+    )
+
+
+train_command.__doc__ += "\n\n" + EXAMPLES
