@@ -107,7 +107,7 @@ def print_unsqueezed(renderable) -> None:
     wide.print(renderable)
 
 
-class _SplitProgress:
+class SplitProgress:
     """One rich progress bar per split on stderr (only drawn on a terminal)."""
 
     def __init__(self) -> None:
@@ -132,7 +132,7 @@ class _SplitProgress:
         self.bar.update(self.tasks[label], completed=done, total=total)
 
 
-def _print_table(results, out_dir: Path) -> None:
+def print_results(results, out_dir: Path) -> None:
     from rich.table import Table
 
     from ppcr.evaluation.metrics import PRECISION_THRESHOLDS, precision_key
@@ -251,7 +251,7 @@ def eval_command(
     from ppcr.evaluation.evaluate import evaluate_many
 
     loaded = _load_model(model, _device(device))
-    progress = _SplitProgress()
+    progress = SplitProgress()
     with progress.bar:
         results = evaluate_many(
             loaded,
@@ -271,4 +271,4 @@ def eval_command(
         payload = [{**result.to_json(), "out_dir": str(result.out_dir)} for result in results]
         typer.echo(json.dumps(payload, indent=2))
     else:
-        _print_table(results, destination)
+        print_results(results, destination)

@@ -16,6 +16,7 @@ from ppcr_cli import eval as eval_cli
 from ppcr_cli import tables as tables_cli
 from ppcr_cli import predict
 from ppcr_cli import train as train_cli
+from ppcr_cli import ablate as ablate_cli
 from ppcr_cli.errors import main_entry
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -61,6 +62,7 @@ app.command("train")(train_cli.train_command)
 app.command("predict")(predict.predict_command)
 app.command("eval")(eval_cli.eval_command)
 app.command("tables")(tables_cli.tables_command)
+app.command("ablate")(ablate_cli.ablate_command)
 # --- end of command registration ---
 
 
