@@ -30,8 +30,8 @@ def ablate_command(
 ) -> None:
     """Train (or reuse) a variant of a recipe and evaluate it on the recipe's eval splits.
 
-    Runs live in RUNS/<recipe>/<choices>/; a finished run with the same recipe is reused and an
-    interrupted one resumed. `ppcr tables --runs RUNS/<recipe>` puts the results beside the paper's.
+    Runs live in RUNS/RECIPE/CHOICES/; a finished run with the same recipe is reused and an
+    interrupted one resumed. `ppcr tables --runs RUNS/RECIPE` puts the results beside the paper's.
     """
     from ppcr_cli.console import err
 

@@ -179,7 +179,7 @@ OutOpt = Annotated[
     Optional[Path],
     typer.Option(
         "--out",
-        help="Output folder; each split goes to OUT/<dataset>_<split>/ (default: <run>/eval, or <run>/eval-gt "
+        help="Output folder; each split goes to OUT/DATASET_SPLIT/ (default: RUN/eval, or RUN/eval-gt "
         "with --box-source gt, when the model folder or its parent holds the run's recipe.yaml; "
         "else <model>/eval).",
     ),

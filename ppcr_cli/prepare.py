@@ -24,7 +24,7 @@ ImagesOpt = Annotated[
     typer.Option("--images", help="COCO train2014 images folder [default: ROOT/images/mscoco/images/train2014]."),
 ]
 SplitByOpt = Annotated[
-    Optional[str], typer.Option("--split-by", help="Which refs(<split-by>).p to read (unc, umd, google).")
+    Optional[str], typer.Option("--split-by", help="Which refs(SPLIT-BY).p to read (unc, umd, google).")
 ]
 NoImagesOpt = Annotated[bool, typer.Option("--skip-images", help="Do not check that every image file exists.")]
 

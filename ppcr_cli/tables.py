@@ -18,7 +18,7 @@ def tables_command(
         Optional[Path],
         typer.Option(
             "--runs",
-            help="A run folder, or a folder of runs (each with recipe.yaml and eval*/<dataset>_<split>/metrics.json). "
+            help="A run folder, or a folder of runs (each with recipe.yaml and eval*/DATASET_SPLIT/metrics.json). "
             "Without it only the published rows are shown.",
         ),
     ] = None,

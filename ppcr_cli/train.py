@@ -25,7 +25,7 @@ def train_command(
         Optional[list[str]], typer.Argument(help="key=value overrides, e.g. train.lr=1e-4 spatial-head=attn.")
     ] = None,
     recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name (paper, shapes) or a YAML path.")] = "shapes",
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory [default: runs/<recipe name>].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory [default: runs/RECIPE].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last state.")] = False,
     nproc: Annotated[int, typer.Option("--nproc", help="Local processes (GPUs, or CPU ranks with gloo).")] = 1,
     launcher: Annotated[

@@ -20,6 +20,8 @@ from ppcr.errors import CheckpointError, RecipeError
 CONFIG_NAME = "config.json"
 FORMAT_NAME = "ppcr-checkpoint"
 FORMAT_VERSION = 1
+IMAGE_START_TOKEN = "<im_start>"
+IMAGE_END_TOKEN = "<im_end>"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,22 @@ class TokenIds:
     def added(self) -> tuple[int, int, int]:
         """The PPCR tokens whose embedding / output rows are trained: ``[SEG]``, ``[BOX]``, ``<sem>``."""
         return (self.seg, self.box, self.sem)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How prompts write the image placeholder; fixed by the weights, so stored with them.
+
+    ``image_start_end``: wrap it as ``<im_start><image><im_end>``, the sequence GLaMM's LLM was
+    trained on (its ``mm_use_im_start_end``, reference/glamm.md §1.6), for models initialised
+    from GLaMM; False (llava-hf, the default): a bare ``<image>``.
+    """
+
+    image_start_end: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image_start_end, bool):
+            raise TypeError(f"prompt.image_start_end must be true or false, not {self.image_start_end!r}")
 
 
 @dataclass
@@ -69,6 +87,7 @@ class PPCRConfig:
     base: BaseWeights
     token_ids: TokenIds
     recipe: Optional[dict[str, Any]] = None
+    prompt: PromptFormat = field(default_factory=PromptFormat)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -80,6 +99,7 @@ class PPCRConfig:
             "model": dataclasses.asdict(self.model),
             "base": dataclasses.asdict(self.base),
             "token_ids": dataclasses.asdict(self.token_ids),
+            "prompt": dataclasses.asdict(self.prompt),
             "recipe": self.recipe,
             "extra": self.extra,
         }
@@ -106,12 +126,15 @@ class PPCRConfig:
             model = recipe_from_dict({"model": data["model"]}).model
             base = BaseWeights(**data["base"])
             token_ids = TokenIds(**data["token_ids"])
+            prompt = PromptFormat(**(data.get("prompt") or {}))  # absent in older checkpoints
         except (KeyError, TypeError) as error:
             raise CheckpointError(f"{source} is incomplete or malformed: {error}") from None
         except RecipeError as error:
             raise CheckpointError(f"{source}: invalid model spec: {error.message}") from None
         recipe = data.get("recipe")
-        return cls(model=model, base=base, token_ids=token_ids, recipe=recipe, extra=data.get("extra") or {})
+        return cls(
+            model=model, base=base, token_ids=token_ids, recipe=recipe, prompt=prompt, extra=data.get("extra") or {}
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> "PPCRConfig":

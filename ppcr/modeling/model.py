@@ -291,10 +291,15 @@ class PPCRModel(nn.Module):
 
     @torch.no_grad()
     def encode_images(self, images: ImageInputs) -> ImageFeatures:
-        """CLIP tokens (through the projector) and SAM image embeddings, once per image.
+        """CLIP tokens (through the projector) and SAM image embeddings, once per image (inference)."""
+        return self._encode_images(images)
 
-        Both encoders are frozen (unless ``model.unfreeze`` names them), so no autograd graph is
-        built through them in training.
+    def _encode_images(self, images: ImageInputs) -> ImageFeatures:
+        """:meth:`encode_images` with autograd left as the caller has it (the training forward).
+
+        Frozen encoders build no graph (none of their parameters requires grad); encoders that
+        ``model.unfreeze`` names (the randomly initialised tiny model) must receive gradients, so
+        this path must not run under ``no_grad``.
         """
         vision_dtype = next(self.llava.model.vision_tower.parameters()).dtype
         out = self.llava.model.get_image_features(pixel_values=images.clip_pixels.to(vision_dtype))
@@ -555,7 +560,7 @@ class PPCRModel(nn.Module):
         Terms without ground truth in the batch are left out (no masks → no bce/dice; no boxes
         or no spatial stage → no l1).
         """
-        features = self.encode_images(batch.images)
+        features = self._encode_images(batch.images)
         prediction = self._predict(
             features,
             batch.text,

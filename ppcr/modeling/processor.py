@@ -9,6 +9,8 @@ Tokenisation: the whole conversation is tokenised once (``<image>`` is an added 
 text before it is always tokenised the same way and every prompt of an image shares the same
 prefix ids), the single ``<image>`` id is expanded to the image-token count, BOS is prepended,
 EOS appended. Labels are -100 except on the answer tokens and EOS. Sequences are right-padded.
+A checkpoint whose prompt format says ``image_start_end`` (initialised from GLaMM) gets the image
+wrapped as ``<im_start><image><im_end>``, the sequence its LLM was trained on.
 Images are read once and prepared for both vision branches (``ClipPreprocess``, ``SamTransform``).
 """
 
@@ -27,7 +29,7 @@ from ppcr.data.preprocess import ClipPreprocess, SamTransform
 from ppcr.errors import DataError
 from ppcr.images import ImageSource, load_image
 from ppcr.modeling.batch import ImageInputs, PPCRBatch, StageInputs, TextInputs
-from ppcr.modeling.config import TokenIds
+from ppcr.modeling.config import IMAGE_END_TOKEN, IMAGE_START_TOKEN, TokenIds
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -67,9 +69,13 @@ class PPCRProcessor:
         sam_size: int,
         clip_pad_to_square: bool = True,
         max_length: int = 512,
+        image_start_end: bool = False,
     ):
         self.tokenizer = tokenizer
         self.token_ids = token_ids
+        self.image_start_end = bool(image_start_end)
+        if self.image_start_end:
+            _require_single_tokens(tokenizer, (IMAGE_START_TOKEN, IMAGE_END_TOKEN))
         self.spatial_prompt = spatial_prompt
         self.image_seq_length = int(image_seq_length)
         self.max_length = int(max_length)
@@ -78,7 +84,9 @@ class PPCRProcessor:
 
     @classmethod
     def from_model(cls, model: "PPCRModel") -> "PPCRProcessor":
-        """The processor matching a built model (its tokenizer, sizes and variant)."""
+        """The processor matching a built model (its tokenizer, sizes, variant and prompt format)."""
+        from ppcr.modeling.checkpoint import prompt_format
+
         if model.tokenizer is None:
             raise DataError("this model has no tokenizer attached; build it with build_model or from_pretrained")
         return cls(
@@ -90,15 +98,24 @@ class PPCRProcessor:
             sam_size=model.sam_image_size,
             clip_pad_to_square=model.spec.clip_pad_to_square,
             max_length=model.spec.max_length,
+            image_start_end=prompt_format(model).image_start_end,
         )
 
     # ------------------------------------------------------------------ text
 
+    def _conversation(self, question: str, answer: str | None = None) -> str:
+        """The LLaVA-1.5 turn, with the image wrapped as ``<im_start><image><im_end>`` if asked."""
+        text = templates.llava_prompt(question, answer)
+        if self.image_start_end:
+            wrapped = f"{IMAGE_START_TOKEN}{templates.IMAGE_TOKEN}{IMAGE_END_TOKEN}"
+            text = text.replace(templates.IMAGE_TOKEN, wrapped, 1)
+        return text
+
     def _encode_turn(self, question: str, answer: str) -> tuple[list[int], list[int]]:
         """(input_ids, labels) of one conversation, ``<image>`` expanded, BOS/EOS added."""
         tok = self.tokenizer
-        prompt_ids = tok(templates.llava_prompt(question), add_special_tokens=False).input_ids
-        full_ids = tok(templates.llava_prompt(question, answer), add_special_tokens=False).input_ids
+        prompt_ids = tok(self._conversation(question), add_special_tokens=False).input_ids
+        full_ids = tok(self._conversation(question, answer), add_special_tokens=False).input_ids
         shared = 0
         while shared < min(len(prompt_ids), len(full_ids)) and prompt_ids[shared] == full_ids[shared]:
             shared += 1
@@ -232,3 +249,14 @@ class PPCRProcessor:
                 rows.append([x1 / width, y1 / height, x2 / width, y2 / height])
             gt_boxes = torch.tensor(rows, dtype=torch.float32).clamp(0.0, 1.0)
         return PPCRBatch(images=images, text=text, gt_masks=gt_masks, gt_boxes=gt_boxes)
+
+
+def _require_single_tokens(tokenizer: "PreTrainedTokenizerBase", tokens: Sequence[str]) -> None:
+    """Each of ``tokens`` must be one token of the vocabulary (not split into pieces)."""
+    vocab = tokenizer.get_vocab()
+    absent = [token for token in tokens if token not in vocab]
+    if absent:
+        raise DataError(
+            f"the prompt format wraps the image in {' '.join(tokens)}, but the tokenizer has no {absent[0]} token",
+            hint="use the tokenizer saved with the checkpoint (ppcr prepare weights --from glamm adds them)",
+        )

@@ -21,6 +21,7 @@ difference itself: truncating to rank ``r`` discards most of the noise (tested).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -232,14 +233,17 @@ def _alternate(
             del item
 
 
-def summarize(reports: Sequence[SvdReport]) -> dict[str, float]:
-    """Worst and mean relative error and the lowest captured energy over a set of matrices."""
+def summarize(reports: Sequence[SvdReport]) -> dict[str, Any]:
+    """Worst (and which matrix), median and mean relative error and the lowest captured energy."""
     if not reports:
         return {"matrices": 0}
     errors = [r.relative_error for r in reports]
+    worst = max(reports, key=lambda r: r.relative_error)
     return {
         "matrices": len(reports),
-        "max_relative_error": max(errors),
+        "max_relative_error": worst.relative_error,
+        "worst_module": worst.module,
+        "median_relative_error": statistics.median(errors),
         "mean_relative_error": math.fsum(errors) / len(errors),
         "min_energy": min(r.energy for r in reports),
     }

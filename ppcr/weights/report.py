@@ -93,9 +93,38 @@ class MappingReport:
             "missing": len(self.missing),
         }
 
+    def table(self) -> list[dict[str, Any]]:
+        """Counts per (source, component): mapped, dropped (with the distinct reasons) and unmapped keys.
+
+        Missing targets belong to no source; they are listed under source ``-`` by component.
+        """
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+        def row(source: str, component: str) -> dict[str, Any]:
+            key = (source, component)
+            if key not in rows:
+                rows[key] = {"source": source, "component": component, "mapped": 0, "dropped": 0,
+                             "unmapped": 0, "missing": 0, "reasons": []}
+            return rows[key]
+
+        for record in self.mapped.values():
+            row(record.source, record.component)["mapped"] += 1
+        for record in self.dropped:
+            entry = row(record.source, record.component)
+            entry["dropped"] += 1
+            reason = record.reason.split(" (would be ")[0]
+            if reason not in entry["reasons"]:
+                entry["reasons"].append(reason)
+        for record in self.unmapped:
+            row(record.source, record.component)["unmapped"] += 1
+        for name in self.missing:
+            row("-", target_component(name))["missing"] += 1
+        return list(rows.values())
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "counts": self.counts(),
+            "table": self.table(),
             "mapped": {t: f"{r.source}:{r.key}" for t, r in sorted(self.mapped.items())},
             "dropped": [
                 {"source": r.source, "key": r.key, "component": r.component, "reason": r.reason}
@@ -106,19 +135,37 @@ class MappingReport:
         }
 
 
+def target_component(name: str) -> str:
+    """The component a target name belongs to (for reporting targets no source provided)."""
+    if name.startswith(("image_encoder.", "prompt_encoder.", "mask_decoder.")):
+        return "sam"
+    if name.startswith("semantic_proj."):
+        return "semantic_proj"
+    return "llava"
+
+
 @dataclass
 class ConversionReport:
-    """The whole record of one ``ppcr prepare weights`` run, saved as ``conversion_report.json``."""
+    """The whole record of one ``ppcr prepare weights`` run, saved as ``conversion_report.json``.
+
+    ``notes`` are the decisions a reader must know about (prompt format, what was left fresh,
+    arguments that were not used), one sentence each.
+    """
 
     mapping: MappingReport
     tokens: TokenRowRemap | None = None
     adapters: dict[str, list[SvdReport]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         from ppcr.weights.lora_svd import summarize
 
-        out: dict[str, Any] = {"sources": dict(self.sources), "mapping": self.mapping.to_dict()}
+        out: dict[str, Any] = {
+            "sources": dict(self.sources),
+            "notes": list(self.notes),
+            "mapping": self.mapping.to_dict(),
+        }
         if self.tokens is not None:
             out["tokens"] = self.tokens.to_dict()
         out["adapters"] = {

@@ -77,6 +77,20 @@ def resolve_checkpoint(source: str | Path, *, cache_dir: str | Path | None = Non
     raise CheckpointError(f"checkpoint {source} does not exist", hint=_DIRECTORY_HINT)
 
 
+def local_directory(source: str | Path, *, cache_dir: str | Path | None = None) -> Path:
+    """The local folder of ``source``: a directory as given, or a hub id's cached snapshot.
+
+    For sources read for their small files only (a tokenizer): no weight files are required,
+    and, as for weights, nothing is downloaded.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if _HUB_ID.match(str(source)) and not str(source).startswith((".", "/", "~")) and not path.exists():
+        return _cached_snapshot(str(source), cache_dir)
+    raise CheckpointError(f"{source} is not a directory", hint="pass a local directory or a cached hub id")
+
+
 def iter_tensors(source: str | Path | Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every tensor of the checkpoint, one shard at a time.
 
