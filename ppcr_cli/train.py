@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -47,6 +48,8 @@ def train_command(
     resolved = load_recipe(recipe, overrides or [])
     run_dir = out if out is not None else Path("runs") / resolved.name
     result = train_ppcr(resolved, run_dir, resume=resume, nproc=nproc, launcher=launcher)
+    if os.environ.get("RANK", "0") != "0":  # under an external launcher, rank 0 reports
+        return
     err.print(
         f"[green]done:[/] {result.steps} steps, {result.samples_per_s:.1f} samples/s; "
         f"checkpoint {result.final_dir}"
