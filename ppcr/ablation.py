@@ -119,7 +119,9 @@ def run_ablation(
     from ppcr.evaluation.runs import default_eval_dir
     from ppcr.modeling.model import PPCRModel
     from ppcr.training.ppcr_task import train_ppcr
+    from ppcr.utils.device import resolve_device
 
+    torch_device = resolve_device(device)  # a device this machine lacks fails now, not after training
     recipe = plan.recipe
     by_dataset: dict[str, list[str]] = {}
     for text in recipe.eval.splits:  # checked before hours of training, not after
@@ -132,7 +134,7 @@ def run_ablation(
             recipe, plan.run_dir, resume=plan.action == "resume", nproc=nproc, progress=train_progress
         )
     final = plan.run_dir / "final"
-    model = PPCRModel.from_pretrained(final, device=device)
+    model = PPCRModel.from_pretrained(final, device=torch_device)
     out_dir = default_eval_dir(final, recipe.eval.box_source)
     for dataset, splits in by_dataset.items():
         result.evaluations += evaluate_many(

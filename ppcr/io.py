@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +97,23 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
     return atomic_write_bytes(path, text.encode(encoding))
 
 
-def atomic_save_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
+def atomic_save_json(
+    path: str | os.PathLike[str],
+    obj: Any,
+    indent: int = 2,
+    *,
+    allow_nan: bool = False,
+    default: Callable[[Any], Any] | None = None,
+) -> Path:
     """Write ``obj`` as JSON (UTF-8, trailing newline) atomically.
 
-    NaN and infinities are refused (``ValueError``) because they are not valid JSON and other
-    tools would fail to read the file later.
+    NaN and infinities are refused (``ValueError``) by default because they are not valid JSON
+    and other tools would fail to read the file later. ``allow_nan=True`` writes them as Python's
+    ``json`` module does (``NaN``, ``Infinity``), for files only ever read back by ``json.loads``
+    (e.g. a training rank's report, whose losses may have diverged). ``default`` converts objects
+    ``json`` cannot encode, as in :func:`json.dumps`.
     """
-    text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=allow_nan, default=default) + "\n"
     return atomic_write_text(path, text)
 
 
@@ -113,14 +124,37 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def replace_directory(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Move the complete directory ``source`` to ``target``, replacing any previous ``target``.
+
+    The previous ``target`` is renamed aside to ``<target>.old-XXXXXXXX``, ``source`` is renamed
+    in, and only then is the old copy deleted; if the second rename fails the old one is put
+    back. ``target`` is thus never half-written, and missing only for the instant between two
+    renames (POSIX cannot swap a non-empty directory atomically): a crash there leaves the
+    complete old copy, which :func:`remove_stale_temporaries` restores. ``source`` must be in the
+    same folder (file system) as ``target``; OSErrors propagate unchanged.
+    """
+    source, target = Path(source), Path(target)
+    old: Path | None = None
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    try:
+        os.replace(source, target)
+    except OSError:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        _remove(old)
+    return target
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a fresh directory ``<path>.tmp-XXXX`` to build in; on success it becomes ``path``.
+    """Yield a fresh directory ``<path>.tmp-XXXXXXXX`` to build in; on success it becomes ``path``.
 
-    An existing ``path`` is replaced safely: it is renamed aside to ``<path>.old-XXXX``, the new
-    directory is renamed in, and only then is the old one deleted. If the second rename fails the
-    old one is put back. ``path`` is thus never half-written, and missing only for the instant
-    between two renames (POSIX cannot swap a non-empty directory atomically). On an exception in
+    An existing ``path`` is replaced safely with :func:`replace_directory`. On an exception in
     the body the temporary directory is deleted and ``path`` is untouched.
     """
     path = Path(path)
@@ -136,18 +170,41 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
     try:
         os.chmod(tmp, 0o777 & ~_umask())
-        old: Path | None = None
-        if path.exists() or path.is_symlink():
-            old = path.with_name(f"{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if old is not None:
-                os.replace(old, path)
-            raise
-        if old is not None:
-            _remove(old)
+        replace_directory(tmp, path)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_error(path, error) from None
+
+
+# The names the functions above give their temporaries (``tempfile`` draws 8 characters from
+# [a-z0-9_], :func:`replace_directory` 8 hex digits).
+_INCOMPLETE_DIRECTORY = re.compile(r"^.+\.tmp-[a-z0-9_]{8}$")  # atomic_directory
+_INCOMPLETE_FILE = re.compile(r"^\..*\.tmp-[a-z0-9_]{8}(\..*)?$")  # atomic_path: .<stem>.tmp-XXXXXXXX<suffix>
+_PREVIOUS_COPY = re.compile(r"^(?P<name>.+)\.old-[0-9a-f]{8}$")  # replace_directory
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Clean up after writes in ``folder`` that a crash interrupted; return what was deleted.
+
+    ``<name>.tmp-XXXXXXXX`` (a directory being built) and ``.<stem>.tmp-XXXXXXXX<suffix>`` (a
+    file being written) are incomplete and deleted. ``<name>.old-XXXXXXXX`` is the complete
+    previous copy of ``<name>``: it is moved back if ``<name>`` is missing (a crash between the
+    two renames of :func:`replace_directory`), else deleted. Only call this when no write into
+    ``folder`` is in progress. A missing folder is fine.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        previous = _PREVIOUS_COPY.match(entry.name)
+        if previous is not None:
+            original = folder / previous["name"]
+            if not (original.exists() or original.is_symlink()):
+                os.replace(entry, original)
+                continue
+        elif not (_INCOMPLETE_DIRECTORY.match(entry.name) or _INCOMPLETE_FILE.match(entry.name)):
+            continue
+        _remove(entry)
+        removed.append(entry)
+    return removed

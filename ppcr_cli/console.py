@@ -8,11 +8,11 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
-def progress(description: str, total: int | None):
-    """A rich progress bar on stderr (rendered only on a terminal)."""
+def progress_bars():
+    """An empty rich ``Progress`` on stderr (rendered only on a terminal); add one task per bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(
+    return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -21,5 +21,10 @@ def progress(description: str, total: int | None):
         transient=True,
         disable=not err.is_terminal,
     )
+
+
+def progress(description: str, total: int | None):
+    """A rich progress bar on stderr (rendered only on a terminal)."""
+    bar = progress_bars()
     task = bar.add_task(description, total=total)
     return bar, (lambda advance=1: bar.advance(task, advance))

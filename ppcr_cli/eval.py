@@ -66,27 +66,17 @@ def _check_model_dir(model_dir: Path):
     return PPCRConfig.load(model_dir)
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PPCRError("--device cuda was asked for, but no CUDA device is available", hint="use --device cpu")
-    return name
-
-
 def _load_model(model_dir: Path, device: str):
-    import torch
+    """Load the checkpoint on ``--device`` (auto: CUDA when available), bf16 on a GPU that has it,
+    else fp32."""
     from transformers.utils import logging as hf_logging
 
     from ppcr.modeling.model import PPCRModel
+    from ppcr.utils.device import preferred_dtype, resolve_device
 
+    torch_device = resolve_device(device)
     hf_logging.disable_progress_bar()
-    dtype = torch.float32
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        dtype = torch.bfloat16
-    return PPCRModel.from_pretrained(model_dir, dtype=dtype, device=device)
+    return PPCRModel.from_pretrained(model_dir, dtype=preferred_dtype(torch_device), device=torch_device)
 
 
 def print_unsqueezed(renderable) -> None:
@@ -111,19 +101,9 @@ class SplitProgress:
     """One rich progress bar per split on stderr (only drawn on a terminal)."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from ppcr_cli.console import progress_bars
 
-        from ppcr_cli.console import err
-
-        self.bar = Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,
-        )
+        self.bar = progress_bars()
         self.tasks: dict[str, Any] = {}
 
     def __call__(self, label: str, done: int, total: int) -> None:
@@ -250,7 +230,7 @@ def eval_command(
 
     from ppcr.evaluation.evaluate import evaluate_many
 
-    loaded = _load_model(model, _device(device))
+    loaded = _load_model(model, device)
     progress = SplitProgress()
     with progress.bar:
         results = evaluate_many(

@@ -60,6 +60,13 @@ def test_train_then_reuse_with_gt_boxes(shapes_root, tmp_path):
     assert gt["box_source"] == "gt" and gt["count"] == metrics["count"]
 
 
+def test_an_unknown_device_fails_before_training(shapes_root, tmp_path):
+    plan = plan_ablation([f"data.root={shapes_root}", *QUICK], runs_root=tmp_path)
+    with pytest.raises(PPCRError, match="unknown device 'tpu'"):
+        run_ablation(plan, device="tpu")
+    assert not plan.run_dir.exists()
+
+
 def test_a_run_of_another_recipe_is_not_silently_reused(shapes_root, tmp_path):
     args = [f"data.root={shapes_root}", *QUICK]
     plan = plan_ablation(args, runs_root=tmp_path)

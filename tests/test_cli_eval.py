@@ -17,22 +17,13 @@ torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from ppcr.data.shapes import generate_shapes_ref
-
-    root = tmp_path_factory.mktemp("shapes")
-    generate_shapes_ref(root, seed=0, images=20)
-    return root
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, data_root):
+def checkpoint(tmp_path_factory, small_shapes_root):
     """A tiny random model saved with a recipe whose data.root points at the test data."""
     from ppcr.config.loading import load_recipe
     from ppcr.modeling.build import build_model
 
     recipe = load_recipe("shapes")
-    recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, root=str(data_root)))
+    recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, root=str(small_shapes_root)))
     directory = tmp_path_factory.mktemp("ckpt") / "model"
     build_model(recipe).save_pretrained(directory, recipe=dataclasses.asdict(recipe))
     return directory
@@ -71,10 +62,10 @@ def test_json_output_uses_the_recipes_data_root_and_writes_everything(checkpoint
     assert "Traceback" not in result.stderr
 
 
-def test_table_output_shows_the_written_metrics(checkpoint, data_root, tmp_path, capsys):
+def test_table_output_shows_the_written_metrics(checkpoint, small_shapes_root, tmp_path, capsys):
     code = _in_process(
         "eval", "--model", str(checkpoint), "--dataset", "shapes", "--split", "testB",
-        "--data-root", str(data_root), "--out", str(tmp_path), "--box-source", "gt", "--device", "cpu",
+        "--data-root", str(small_shapes_root), "--out", str(tmp_path), "--box-source", "gt", "--device", "cpu",
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -99,7 +90,7 @@ def test_default_output_folder_follows_the_run_layout(tmp_path):
     assert default_eval_dir(step) == step / "eval"  # intermediate checkpoints keep their own
 
 
-def test_bad_inputs_are_one_line_errors(checkpoint, data_root, tmp_path):
+def test_bad_inputs_are_one_line_errors(checkpoint, small_shapes_root, tmp_path):
     model = str(checkpoint)
     _assert_one_line_error(
         run("eval", "--model", str(tmp_path / "missing"), "--dataset", "shapes", "--split", "val"),
@@ -118,7 +109,7 @@ def test_bad_inputs_are_one_line_errors(checkpoint, data_root, tmp_path):
     no_images = tmp_path / "root"
     (no_images / "shapes").mkdir(parents=True)
     for name in ("refs(unc).p", "instances.json"):
-        (no_images / "shapes" / name).write_bytes((data_root / "shapes" / name).read_bytes())
+        (no_images / "shapes" / name).write_bytes((small_shapes_root / "shapes" / name).read_bytes())
     _assert_one_line_error(
         run("eval", "--model", model, "--dataset", "shapes", "--split", "val", "--data-root", str(no_images)),
         1, "images folder not found",
@@ -127,3 +118,25 @@ def test_bad_inputs_are_one_line_errors(checkpoint, data_root, tmp_path):
         run("eval", "--model", model, "--dataset", "shapes", "--split", "val", "--box-source", "oracle"),
         1, "--box-source must be one of predicted, gt",
     )
+
+
+def test_auto_device_loads_the_checkpoint_as_documented(checkpoint):
+    """--device auto: CUDA in bf16 when the GPU has it, else the CPU in float32."""
+    from ppcr_cli.eval import _load_model
+
+    model = _load_model(checkpoint, "auto")
+    parameter = next(model.llava.parameters())
+    if torch.cuda.is_available():
+        assert parameter.device.type == "cuda"
+        assert parameter.dtype is (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
+    else:
+        assert parameter.device.type == "cpu" and parameter.dtype is torch.float32
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_one_line_error(checkpoint, capsys):
+    code = _in_process("eval", "--model", str(checkpoint), "--dataset", "shapes", "--split", "val", "--device", "cuda")
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 1 and lines[0].startswith("error:") and "CUDA is not available" in lines[0], captured.err
+    assert "Traceback" not in captured.err + captured.out

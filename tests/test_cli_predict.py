@@ -20,17 +20,6 @@ from ppcr_cli.errors import run_guarded
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny random PPCR model saved once for the whole module."""
-    from ppcr.config.loading import load_recipe
-    from ppcr.modeling.build import build_model
-
-    directory = tmp_path_factory.mktemp("models") / "ppcr-tiny"
-    build_model(load_recipe("shapes")).save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def photo(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "photo.png"
     pixels = np.random.RandomState(0).randint(0, 256, (43, 61, 3)).astype(np.uint8)
@@ -77,11 +66,11 @@ def read_mask(path) -> np.ndarray:
 # ------------------------------------------------------------------ what it writes and prints
 
 
-def test_one_expression_writes_the_mask_at_the_image_size_and_reports_json(capsys, tmp_path, photo, model_dir):
+def test_one_expression_writes_the_mask_at_the_image_size_and_reports_json(capsys, tmp_path, photo, tiny_model_dir):
     from ppcr.inference.predictor import PPCRPredictor
 
     mask_path = tmp_path / "out" / "mask.png"
-    code, out, err = ppcr(capsys, photo, "the red circle", "-o", mask_path, "--model", model_dir, "--format", "json")
+    code, out, err = ppcr(capsys, photo, "the red circle", "-o", mask_path, "--model", tiny_model_dir, "--format", "json")
     assert code == 0, err
     assert files_under(tmp_path / "out") == ["mask.png"]
     pixels = read_mask(mask_path)
@@ -93,7 +82,7 @@ def test_one_expression_writes_the_mask_at_the_image_size_and_reports_json(capsy
     assert row["expression"] == "the red circle" and row["mask"] == str(mask_path)
     assert row["area"] == int((pixels == 255).sum())
 
-    reference = PPCRPredictor.from_pretrained(model_dir, device="cpu")
+    reference = PPCRPredictor.from_pretrained(tiny_model_dir, device="cpu")
     reference.set_image(photo)
     expected = reference.predict("the red circle")
     np.testing.assert_array_equal(pixels == 255, expected.mask)
@@ -102,12 +91,12 @@ def test_one_expression_writes_the_mask_at_the_image_size_and_reports_json(capsy
 
 
 def test_several_expressions_number_the_outputs_and_the_overlay_shows_mask_and_box(
-    capsys, tmp_path, photo, model_dir
+    capsys, tmp_path, photo, tiny_model_dir
 ):
     out_dir = tmp_path / "out"
     code, out, err = ppcr(
         capsys, photo, "red circle", "blue square", "-o", out_dir / "mask.png",
-        "--overlay", out_dir / "view.png", "--model", model_dir, "--format", "json",
+        "--overlay", out_dir / "view.png", "--model", tiny_model_dir, "--format", "json",
     )
     assert code == 0, err
     assert files_under(out_dir) == ["mask-1.png", "mask-2.png", "view-1.png", "view-2.png"]
@@ -133,8 +122,8 @@ def test_several_expressions_number_the_outputs_and_the_overlay_shows_mask_and_b
             assert np.any(tinted_only[mask] != plain[mask])
 
 
-def test_text_output_names_each_expression(capsys, photo, model_dir):
-    code, out, err = ppcr(capsys, photo, "red circle", "the {weird} [bold]one[/bold]", "--model", model_dir)
+def test_text_output_names_each_expression(capsys, photo, tiny_model_dir):
+    code, out, err = ppcr(capsys, photo, "red circle", "the {weird} [bold]one[/bold]", "--model", tiny_model_dir)
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == f"{photo} (61×43)"
@@ -142,14 +131,14 @@ def test_text_output_names_each_expression(capsys, photo, model_dir):
     assert lines[2].startswith('  2. "the {weird} [bold]one[/bold]"')
 
 
-def test_exif_rotated_jpeg_mask_has_the_upright_size(capsys, tmp_path, model_dir):
+def test_exif_rotated_jpeg_mask_has_the_upright_size(capsys, tmp_path, tiny_model_dir):
     stored = Image.fromarray(np.random.RandomState(4).randint(0, 256, (30, 50, 3)).astype(np.uint8))
     exif = Image.Exif()
     exif[0x0112] = 8  # rotate 90° counter-clockwise to display: upright 30 wide × 50 high
     photo = tmp_path / "phone.jpg"
     stored.save(photo, exif=exif.tobytes())
     code, _, err = ppcr(capsys, photo, "the red circle", "-o", tmp_path / "m.png", "--overlay",
-                        tmp_path / "o.jpg", "--model", model_dir)
+                        tmp_path / "o.jpg", "--model", tiny_model_dir)
     assert code == 0, err
     assert read_mask(tmp_path / "m.png").shape == (50, 30)
     with Image.open(tmp_path / "o.jpg") as drawn:
@@ -157,7 +146,7 @@ def test_exif_rotated_jpeg_mask_has_the_upright_size(capsys, tmp_path, model_dir
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "I;16", "CMYK"])
-def test_each_image_mode_runs(capsys, tmp_path, model_dir, mode):
+def test_each_image_mode_runs(capsys, tmp_path, tiny_model_dir, mode):
     rgb = Image.fromarray(np.random.RandomState(5).randint(0, 256, (26, 39, 3)).astype(np.uint8))
     if mode == "I;16":
         image = Image.fromarray(np.random.RandomState(6).randint(0, 65536, (26, 39)).astype(np.uint16))
@@ -165,14 +154,14 @@ def test_each_image_mode_runs(capsys, tmp_path, model_dir, mode):
         image = rgb.convert(mode)
     path = tmp_path / ("in.jpg" if mode == "CMYK" else "in.png")
     image.save(path)
-    code, _, err = ppcr(capsys, path, "a shape", "-o", tmp_path / "m.png", "--model", model_dir)
+    code, _, err = ppcr(capsys, path, "a shape", "-o", tmp_path / "m.png", "--model", tiny_model_dir)
     assert code == 0, err
     assert read_mask(tmp_path / "m.png").shape == (26, 39)
 
 
-def test_too_long_expression_warns_on_one_line_and_still_writes(capsys, tmp_path, photo, model_dir):
+def test_too_long_expression_warns_on_one_line_and_still_writes(capsys, tmp_path, photo, tiny_model_dir):
     long_text = " ".join(["the big red circle"] * 40)
-    code, out, err = ppcr(capsys, photo, long_text, "-o", tmp_path / "m.png", "--model", model_dir,
+    code, out, err = ppcr(capsys, photo, long_text, "-o", tmp_path / "m.png", "--model", tiny_model_dir,
                           "--format", "json")
     assert code == 0, err
     warnings = [line for line in err.splitlines() if line.strip()]
@@ -182,8 +171,8 @@ def test_too_long_expression_warns_on_one_line_and_still_writes(capsys, tmp_path
     assert (tmp_path / "m.png").is_file()
 
 
-def test_default_model_is_used_without_model_option(capsys, tmp_path, photo, model_dir, monkeypatch):
-    monkeypatch.setattr(model_source, "DEFAULT_MODEL", model_dir)
+def test_default_model_is_used_without_model_option(capsys, tmp_path, photo, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(model_source, "DEFAULT_MODEL", tiny_model_dir)
     code, _, err = ppcr(capsys, photo, "red circle", "-o", tmp_path / "m.png")
     assert code == 0, err
     monkeypatch.setattr(model_source, "DEFAULT_MODEL", tmp_path / "not-installed")
@@ -195,7 +184,7 @@ def test_default_model_is_used_without_model_option(capsys, tmp_path, photo, mod
 # ------------------------------------------------------------------ batch files
 
 
-def test_batch_file_relative_paths_one_encoding_per_image(capsys, tmp_path, photo, model_dir, monkeypatch):
+def test_batch_file_relative_paths_one_encoding_per_image(capsys, tmp_path, photo, tiny_model_dir, monkeypatch):
     from ppcr.modeling.model import PPCRModel
 
     jobs = tmp_path / "jobs"
@@ -218,7 +207,7 @@ def test_batch_file_relative_paths_one_encoding_per_image(capsys, tmp_path, phot
 
     monkeypatch.setattr(PPCRModel, "encode_images", counting)
     monkeypatch.chdir(tmp_path)  # relative paths must not depend on the working directory
-    code, out, err = ppcr(capsys, "--batch", batch, "--model", model_dir, "--format", "json")
+    code, out, err = ppcr(capsys, "--batch", batch, "--model", tiny_model_dir, "--format", "json")
     assert code == 0, err
     assert calls["encode"] == 2  # two images, three expressions
     assert files_under(jobs / "out") == ["a-1.png", "a-2.png", "b-view.jpg"]
@@ -240,30 +229,30 @@ def test_batch_file_relative_paths_one_encoding_per_image(capsys, tmp_path, phot
         ('{"image": "a.png", "expressions": ["a"], "mask": "out/1.png"}', "same file"),
     ],
 )
-def test_bad_batch_line_fails_before_anything_is_written(capsys, tmp_path, photo, model_dir, second_line, message):
+def test_bad_batch_line_fails_before_anything_is_written(capsys, tmp_path, photo, tiny_model_dir, second_line, message):
     shutil.copy(photo, tmp_path / "a.png")
     batch = tmp_path / "batch.jsonl"
     first = '{"image": "a.png", "expressions": ["red circle"], "mask": "out/1.png"}'
     batch.write_text(first + "\n" + second_line + "\n")
-    code, out, err = ppcr(capsys, "--batch", batch, "--model", model_dir)
+    code, out, err = ppcr(capsys, "--batch", batch, "--model", tiny_model_dir)
     assert_one_line_error(code, out, err, message)
     assert files_under(tmp_path / "out") == []
 
 
-def test_batch_and_image_together_is_an_error(capsys, tmp_path, photo, model_dir):
+def test_batch_and_image_together_is_an_error(capsys, tmp_path, photo, tiny_model_dir):
     batch = tmp_path / "b.jsonl"
     batch.write_text('{"image": "x.png", "expressions": ["a"]}\n')
-    assert_one_line_error(*ppcr(capsys, photo, "a", "--batch", batch, "--model", model_dir), "--batch replaces")
+    assert_one_line_error(*ppcr(capsys, photo, "a", "--batch", batch, "--model", tiny_model_dir), "--batch replaces")
     assert_one_line_error(*ppcr(capsys, "--batch", batch, "-o", tmp_path / "m.png"), "cannot be used with --batch")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    assert_one_line_error(*ppcr(capsys, "--batch", empty, "--model", model_dir), "holds no jobs")
+    assert_one_line_error(*ppcr(capsys, "--batch", empty, "--model", tiny_model_dir), "holds no jobs")
 
 
 # ------------------------------------------------------------------ bad input
 
 
-def test_bad_images(capsys, tmp_path, model_dir):
+def test_bad_images(capsys, tmp_path, tiny_model_dir):
     out_dir = tmp_path / "out"
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
@@ -274,20 +263,20 @@ def test_bad_images(capsys, tmp_path, model_dir):
     for image, text in ((tmp_path / "missing.png", "image not found"), (tmp_path, "is a directory"),
                         (corrupt, "cannot read image"), (truncated, "cannot read image")):
         code, out, err = ppcr(capsys, image, "red circle", "-o", out_dir / "m.png", "--overlay",
-                              out_dir / "o.png", "--model", model_dir)
+                              out_dir / "o.png", "--model", tiny_model_dir)
         assert_one_line_error(code, out, err, text)
         assert files_under(out_dir) == []
 
 
 @pytest.mark.parametrize("expressions", [[""], ["   "], ["red circle", " \t "]])
-def test_empty_expression(capsys, tmp_path, photo, model_dir, expressions):
-    code, out, err = ppcr(capsys, photo, *expressions, "-o", tmp_path / "out" / "m.png", "--model", model_dir)
+def test_empty_expression(capsys, tmp_path, photo, tiny_model_dir, expressions):
+    code, out, err = ppcr(capsys, photo, *expressions, "-o", tmp_path / "out" / "m.png", "--model", tiny_model_dir)
     assert_one_line_error(code, out, err, "empty referring expression")
     assert files_under(tmp_path / "out") == []
 
 
-def test_no_expression(capsys, tmp_path, photo, model_dir):
-    assert_one_line_error(*ppcr(capsys, photo, "-o", tmp_path / "m.png", "--model", model_dir),
+def test_no_expression(capsys, tmp_path, photo, tiny_model_dir):
+    assert_one_line_error(*ppcr(capsys, photo, "-o", tmp_path / "m.png", "--model", tiny_model_dir),
                           "no referring expression given")
 
 
@@ -321,7 +310,7 @@ def test_unwritable_outputs_fail_before_the_model_runs(capsys, tmp_path, photo, 
     assert files_under(tmp_path) == ["a-file"]
 
 
-def test_write_failure_leaves_no_file_and_no_temporary(capsys, tmp_path, photo, model_dir, monkeypatch):
+def test_write_failure_leaves_no_file_and_no_temporary(capsys, tmp_path, photo, tiny_model_dir, monkeypatch):
     """The second overlay fails mid-write: neither mask nor the first overlay may appear."""
 
     real_overlay = overlay
@@ -337,7 +326,7 @@ def test_write_failure_leaves_no_file_and_no_temporary(capsys, tmp_path, photo, 
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     code, out, err = ppcr(capsys, photo, "red circle", "blue square", "-o", out_dir / "m.png",
-                          "--overlay", out_dir / "o.png", "--model", model_dir)
+                          "--overlay", out_dir / "o.png", "--model", tiny_model_dir)
     assert calls["n"] == 2
     assert_one_line_error(code, out, err, "No space left on device")
     assert files_under(out_dir) == []
@@ -350,15 +339,8 @@ def test_write_failure_leaves_no_file_and_no_temporary(capsys, tmp_path, photo, 
      ("truncate:heads.safetensors", "heads.safetensors"),
      ("delete:config.json", "config.json")],
 )
-def test_damaged_model_directory(capsys, tmp_path, photo, model_dir, damage, text):
-    action, name = damage.split(":")
-    copy = tmp_path / "model"
-    shutil.copytree(model_dir, copy)
-    target = copy / name
-    if action == "delete":
-        target.unlink()
-    else:
-        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+def test_damaged_model_directory(capsys, tmp_path, photo, damaged_model_copy, damage, text):
+    copy = damaged_model_copy(damage)
     code, out, err = ppcr(capsys, photo, "red circle", "-o", tmp_path / "out" / "m.png", "--model", copy)
     assert_one_line_error(code, out, err, text)
     assert files_under(tmp_path / "out") == []
@@ -379,10 +361,10 @@ def test_usage_errors_exit_2(capsys, photo):
 # ------------------------------------------------------------------ the real command
 
 
-def test_installed_command_end_to_end(tmp_path, photo, model_dir):
+def test_installed_command_end_to_end(tmp_path, photo, tiny_model_dir):
     env = {k: v for k, v in os.environ.items() if k != "PPCR_DEBUG"}
     command = [sys.executable, "-m", "ppcr_cli", "predict", str(photo), "red circle", "-o", str(tmp_path / "m.png"),
-               "--model", str(model_dir), "--device", "cpu", "--format", "json"]
+               "--model", str(tiny_model_dir), "--device", "cpu", "--format", "json"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["predictions"][0]["mask"] == str(tmp_path / "m.png")

@@ -26,15 +26,6 @@ SPLIT = "val"  # Shapes-Ref(20 images) val: 28 sentences on 2 images (10 and 18)
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from ppcr.data.shapes import generate_shapes_ref
-
-    root = tmp_path_factory.mktemp("shapes")
-    generate_shapes_ref(root, seed=0, images=20)
-    return root
-
-
-@pytest.fixture(scope="module")
 def model():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is faster and steadier on a shared CPU
@@ -62,17 +53,17 @@ def _assert_same_rows(rows, reference):
         assert row.score == pytest.approx(ref.score, abs=1e-5)
 
 
-def test_grouped_and_naive_give_the_same_masks_as_a_direct_model_call(model, data_root):
+def test_grouped_and_naive_give_the_same_masks_as_a_direct_model_call(model, small_shapes_root):
     from ppcr.modeling.processor import PPCRProcessor
 
-    data = ReferDataset("shapes", data_root, SPLIT)
+    data = ReferDataset("shapes", small_shapes_root, SPLIT)
     groups = [len(samples) for samples in data.samples_by_image().values()]
     assert len(groups) >= 2 and max(groups) > 4  # several images per batch, and images split in chunks
 
-    grouped, grouped_masks = _collect(model, data_root, batch_size=32)
-    chunked, chunked_masks = _collect(model, data_root, batch_size=4)
-    naive, naive_masks = _collect(model, data_root, naive=True, batch_size=1)
-    naive_batched, naive_batched_masks = _collect(model, data_root, naive=True, batch_size=5)
+    grouped, grouped_masks = _collect(model, small_shapes_root, batch_size=32)
+    chunked, chunked_masks = _collect(model, small_shapes_root, batch_size=4)
+    naive, naive_masks = _collect(model, small_shapes_root, naive=True, batch_size=1)
+    naive_batched, naive_batched_masks = _collect(model, small_shapes_root, naive=True, batch_size=5)
 
     assert grouped.mode == "grouped" and naive.mode == "naive"
     assert len(grouped_masks) == len(data) == grouped.metrics["count"]
@@ -99,19 +90,19 @@ def test_grouped_and_naive_give_the_same_masks_as_a_direct_model_call(model, dat
         assert row.score == pytest.approx(float(prediction.scores[0]), abs=1e-6)
 
 
-def test_evaluation_is_deterministic(model, data_root):
-    first = evaluate(model, "shapes", SPLIT, data_root, batch_size=8)
-    second = evaluate(model, "shapes", SPLIT, data_root, batch_size=8)
+def test_evaluation_is_deterministic(model, small_shapes_root):
+    first = evaluate(model, "shapes", SPLIT, small_shapes_root, batch_size=8)
+    second = evaluate(model, "shapes", SPLIT, small_shapes_root, batch_size=8)
     assert first.metrics == second.metrics
     assert first.sentences == second.sentences
 
 
-def test_written_files_agree_with_a_recomputation_from_the_masks(model, data_root, tmp_path):
-    result, masks = _collect(model, data_root, out_dir=tmp_path, model_name="tiny-random")
+def test_written_files_agree_with_a_recomputation_from_the_masks(model, small_shapes_root, tmp_path):
+    result, masks = _collect(model, small_shapes_root, out_dir=tmp_path, model_name="tiny-random")
     folder = tmp_path / f"shapes_{SPLIT}"
     assert result.out_dir == folder
 
-    data = ReferDataset("shapes", data_root, SPLIT)
+    data = ReferDataset("shapes", small_shapes_root, SPLIT)
     with open(folder / "per_sentence.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [(int(r["ref_id"]), int(r["sent_id"])) for r in rows] == [(s.ref_id, s.sent_id) for s in data]
@@ -149,7 +140,7 @@ def test_written_files_agree_with_a_recomputation_from_the_masks(model, data_roo
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # nothing temporary left behind
 
 
-def test_gt_box_source_feeds_sam_the_ground_truth_boxes(model, data_root, monkeypatch):
+def test_gt_box_source_feeds_sam_the_ground_truth_boxes(model, small_shapes_root, monkeypatch):
     seen = []
     original = model.segment
 
@@ -158,8 +149,8 @@ def test_gt_box_source_feeds_sam_the_ground_truth_boxes(model, data_root, monkey
         return original(features, text, **kwargs)
 
     monkeypatch.setattr(model, "segment", spy)
-    data = ReferDataset("shapes", data_root, SPLIT)
-    oracle = evaluate(model, "shapes", SPLIT, data_root, box_source="gt", naive=True, batch_size=1)
+    data = ReferDataset("shapes", small_shapes_root, SPLIT)
+    oracle = evaluate(model, "shapes", SPLIT, small_shapes_root, box_source="gt", naive=True, batch_size=1)
     assert oracle.box_source == "gt"
     assert len(seen) == len(data)
     for (source, boxes), sample in zip(seen, data):
@@ -169,15 +160,15 @@ def test_gt_box_source_feeds_sam_the_ground_truth_boxes(model, data_root, monkey
         assert boxes.shape == (1, 4)
         assert boxes[0].tolist() == pytest.approx(expected, abs=1e-6)
     seen.clear()
-    predicted = evaluate(model, "shapes", SPLIT, data_root)
+    predicted = evaluate(model, "shapes", SPLIT, small_shapes_root)
     assert seen and all(source == "predicted" and boxes is None for source, boxes in seen)
     assert predicted.sentences != oracle.sentences  # the box SAM sees changes the masks
 
 
-def test_save_vis_writes_fig6_panels_for_the_first_sentences(model, data_root, tmp_path):
-    results = evaluate_many(model, "shapes", [SPLIT, "testB"], data_root, out_dir=tmp_path, save_vis=2)
+def test_save_vis_writes_fig6_panels_for_the_first_sentences(model, small_shapes_root, tmp_path):
+    results = evaluate_many(model, "shapes", [SPLIT, "testB"], small_shapes_root, out_dir=tmp_path, save_vis=2)
     assert [r.split for r in results] == [SPLIT, "testB"]
-    data = ReferDataset("shapes", data_root, SPLIT)
+    data = ReferDataset("shapes", small_shapes_root, SPLIT)
     panels = sorted((tmp_path / f"shapes_{SPLIT}" / "vis").glob("*.png"))
     assert [p.name for p in panels] == [
         f"{i:05d}_ref{data[i].ref_id}_sent{data[i].sent_id}.png" for i in range(2)
@@ -188,19 +179,19 @@ def test_save_vis_writes_fig6_panels_for_the_first_sentences(model, data_root, t
     assert len(list((tmp_path / "shapes_testB" / "vis").glob("*.png"))) == 2
 
 
-def test_bad_inputs_fail_before_any_model_work(model, data_root, tmp_path):
+def test_bad_inputs_fail_before_any_model_work(model, small_shapes_root, tmp_path):
     with pytest.raises(PPCRError, match="box_source"):
-        evaluate(model, "shapes", SPLIT, data_root, box_source="oracle")
+        evaluate(model, "shapes", SPLIT, small_shapes_root, box_source="oracle")
     with pytest.raises(PPCRError, match="batch_size"):
-        evaluate(model, "shapes", SPLIT, data_root, batch_size=0)
+        evaluate(model, "shapes", SPLIT, small_shapes_root, batch_size=0)
     with pytest.raises(DataError, match="unknown split 'testA' for refcocog"):
-        evaluate(model, "refcocog", "testA", data_root)
+        evaluate(model, "refcocog", "testA", small_shapes_root)
     with pytest.raises(DataError, match="images folder not found"):
-        evaluate(model, "shapes", SPLIT, data_root, images=tmp_path / "nowhere")
+        evaluate(model, "shapes", SPLIT, small_shapes_root, images=tmp_path / "nowhere")
     some_images = tmp_path / "some"
     some_images.mkdir()
     with pytest.raises(DataError, match="image files missing"):
-        evaluate_many(model, "shapes", ["testB", SPLIT], data_root, images=some_images)
+        evaluate_many(model, "shapes", ["testB", SPLIT], small_shapes_root, images=some_images)
 
 
 def test_panel_layout_and_colours():

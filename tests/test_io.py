@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import stat
 
 import pytest
 
+import ppcr.io
 from ppcr.errors import PPCRError
-from ppcr.io import atomic_directory, atomic_path, atomic_save_json, atomic_write_bytes, atomic_write_text
+from ppcr.io import (
+    atomic_directory,
+    atomic_path,
+    atomic_save_json,
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_stale_temporaries,
+    replace_directory,
+)
 
 
 def _names(folder):
@@ -42,6 +53,18 @@ def test_json_refuses_nan_and_leaves_nothing(tmp_path):
     with pytest.raises(ValueError):
         atomic_save_json(tmp_path / "m.json", {"x": float("nan")})
     assert _names(tmp_path) == []
+
+
+def test_json_can_keep_nan_and_convert_other_objects_when_asked(tmp_path):
+    """A diverged loss must survive a round trip through a file only json.loads reads back."""
+    atomic_save_json(tmp_path / "r.json", {"loss": float("nan"), "top": float("inf")}, allow_nan=True)
+    back = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert math.isnan(back["loss"]) and back["top"] == math.inf
+    with pytest.raises(TypeError):
+        atomic_save_json(tmp_path / "p.json", {"dir": tmp_path})
+    atomic_save_json(tmp_path / "p.json", {"dir": tmp_path}, default=str)
+    assert json.loads((tmp_path / "p.json").read_text(encoding="utf-8")) == {"dir": str(tmp_path)}
+    assert _names(tmp_path) == ["p.json", "r.json"]
 
 
 def test_atomic_path_keeps_suffix_and_replaces_on_success(tmp_path):
@@ -158,3 +181,70 @@ def test_atomic_directory_restores_old_when_rename_in_fails(tmp_path, monkeypatc
             (build / "new.bin").write_bytes(b"x")
     assert _names(target) == ["keep.txt"]
     assert _names(tmp_path) == ["ckpt"]
+
+
+def test_atomic_directory_leaves_the_previous_copy_intact_on_failure(tmp_path):
+    target = tmp_path / "ckpt"
+    with atomic_directory(target) as tmp:
+        (tmp / "weights").write_text("good")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "weights").write_text("half")
+            raise RuntimeError("crash while writing")
+    assert (target / "weights").read_text() == "good"
+    assert _names(tmp_path) == ["ckpt"]
+    # A crash between the two renames of a directory swap leaves only "<name>.old-XXXXXXXX": restored.
+    os.replace(target, tmp_path / "ckpt.old-0123abcd")
+    assert remove_stale_temporaries(tmp_path) == []
+    assert (target / "weights").read_text() == "good"
+    assert _names(tmp_path) == ["ckpt"]
+
+
+def test_replace_directory_swaps_in_a_complete_directory(tmp_path):
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "a").write_text("old")
+    (tmp_path / ".partial-state").mkdir()
+    (tmp_path / ".partial-state" / "b").write_text("new")
+    assert replace_directory(tmp_path / ".partial-state", tmp_path / "state") == tmp_path / "state"
+    assert _names(tmp_path) == ["state"] and _names(tmp_path / "state") == ["b"]
+    (tmp_path / "fresh").mkdir()
+    replace_directory(tmp_path / "fresh", tmp_path / "new")  # no previous copy
+    assert _names(tmp_path) == ["new", "state"]
+
+
+def test_remove_stale_temporaries_recognises_the_names_this_module_writes(tmp_path, monkeypatch):
+    """Leftovers are made by really interrupting atomic_path / atomic_directory / the swap."""
+    keep = tmp_path / "keep"
+    (keep / "ckpt").mkdir(parents=True)
+    (keep / "ckpt" / "w").write_text("complete")
+    (keep / "notes.tmp-readme.txt").write_text("not ours: no leading dot")
+    (keep / "archive.old-version").mkdir()  # not ours: not 8 hex digits
+    real_rmtree, real_unlink, real_remove = shutil.rmtree, os.unlink, ppcr.io._remove
+    # simulate a crash: the clean-up after a failure does not happen
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)
+    monkeypatch.setattr(os, "unlink", lambda *a, **k: None)
+    monkeypatch.setattr(ppcr.io, "_remove", lambda path: None)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(keep / "mask.png") as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(keep / "export") as tmp:
+            (tmp / "w").write_text("half")
+            raise KeyboardInterrupt
+    with atomic_directory(keep / "ckpt") as tmp:  # swap completes, deleting the old copy "fails"
+        (tmp / "w").write_text("newer")
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    monkeypatch.setattr(ppcr.io, "_remove", real_remove)
+    stale = sorted(p.name for p in keep.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+    assert [n.split(".")[1] if n.startswith(".") else n.split(".")[0] for n in stale] == [
+        "mask", "archive", "ckpt", "export", "notes"
+    ]
+    removed = remove_stale_temporaries(keep)
+    assert sorted(p.name for p in removed) == sorted(
+        n for n in stale if not n.startswith(("archive", "notes"))
+    )
+    assert _names(keep) == ["archive.old-version", "ckpt", "notes.tmp-readme.txt"]
+    assert _names(keep / "ckpt") == ["w"] and (keep / "ckpt" / "w").read_text() == "newer"
+    assert remove_stale_temporaries(tmp_path / "missing") == []

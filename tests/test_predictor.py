@@ -14,32 +14,21 @@ from PIL import Image
 from ppcr.errors import CheckpointError, DataError, PPCRError
 from ppcr.inference import model_source
 from ppcr.inference.predictor import ExpressionTruncatedWarning, PPCRPredictor, Prediction
-from ppcr.utils.device import resolve_device, resolve_dtype
+from ppcr.utils.device import preferred_dtype, resolve_device, resolve_dtype
 
 EXPRESSIONS = ["red circle", "the small blue square on the left of the green triangle", "a", "big green star at the top"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny random PPCR model saved once for the whole module."""
-    from ppcr.config.loading import load_recipe
-    from ppcr.modeling.build import build_model
-
-    directory = tmp_path_factory.mktemp("models") / "ppcr-tiny"
-    build_model(load_recipe("shapes")).save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def predictor(model_dir):
-    return PPCRPredictor.from_pretrained(model_dir, device="cpu")
+def predictor(tiny_model_dir):
+    return PPCRPredictor.from_pretrained(tiny_model_dir, device="cpu")
 
 
 @pytest.fixture
-def sharp(model_dir):
+def sharp(tiny_model_dir):
     """A fresh predictor whose semantic prompt is amplified, so that a random model's masks
     visibly depend on the expression (otherwise every expression gives nearly the same mask)."""
-    fresh = PPCRPredictor.from_pretrained(model_dir, device="cpu")
+    fresh = PPCRPredictor.from_pretrained(tiny_model_dir, device="cpu")
     with torch.no_grad():
         fresh.model.semantic_proj[2].weight.mul_(50)
     return fresh
@@ -89,8 +78,8 @@ def test_results_equal_the_models_own_output(predictor):
         assert result.score == pytest.approx(float(direct.scores[b]))
 
 
-def test_image_is_encoded_once_for_many_predicts(model_dir, monkeypatch):
-    fresh = PPCRPredictor.from_pretrained(model_dir, device="cpu")
+def test_image_is_encoded_once_for_many_predicts(tiny_model_dir, monkeypatch):
+    fresh = PPCRPredictor.from_pretrained(tiny_model_dir, device="cpu")
     calls = {"encode": 0}
     original = fresh.model.encode_images
 
@@ -137,8 +126,8 @@ def test_predict_batch_is_one_model_call_and_matches_single_predicts(sharp, monk
     assert sharp.predict_batch([]) == []
 
 
-def test_predict_before_set_image_or_after_reset_is_an_error(model_dir):
-    fresh = PPCRPredictor.from_pretrained(model_dir, device="cpu")
+def test_predict_before_set_image_or_after_reset_is_an_error(tiny_model_dir):
+    fresh = PPCRPredictor.from_pretrained(tiny_model_dir, device="cpu")
     with pytest.raises(PPCRError, match="no image is set"):
         fresh.predict("a red circle")
     fresh.set_image(_image())
@@ -287,14 +276,23 @@ def test_cuda_requested_without_cuda():
         resolve_device("cuda")
 
 
+def test_preferred_dtype_is_bf16_only_on_a_gpu_that_supports_it():
+    assert preferred_dtype(torch.device("cpu")) is torch.float32
+    if torch.cuda.is_available():
+        expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        assert preferred_dtype(torch.device("cuda")) is expected
+
+
 def test_dtype_is_checked_before_the_model_is_looked_for(tmp_path):
     with pytest.raises(PPCRError, match="fp16 is not supported on the CPU"):
         PPCRPredictor.from_pretrained(tmp_path / "does-not-exist", device="cpu", dtype="fp16")
 
 
-def test_bf16_on_cpu_predicts(model_dir):
-    half = PPCRPredictor.from_pretrained(model_dir, device="cpu", dtype="bf16")
+def test_bf16_on_cpu_predicts(tiny_model_dir):
+    half = PPCRPredictor.from_pretrained(tiny_model_dir, device="cpu", dtype="bf16")
     assert next(half.model.llava.parameters()).dtype is torch.bfloat16
+    # SAM multiplies float32 box coordinates with this matrix: the model's casts keep it float32
+    assert half.model.sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.dtype is torch.float32
     half.set_image(_image(25, 35))
     result = half.predict("the red circle")
     assert result.mask.shape == (25, 35) and result.box is not None and 0.0 <= result.score <= 1.0
@@ -302,9 +300,9 @@ def test_bf16_on_cpu_predicts(model_dir):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
-def test_cuda_predicts_like_cpu(model_dir, dtype):
-    gpu = PPCRPredictor.from_pretrained(model_dir, device="cuda", dtype=dtype)
-    cpu = PPCRPredictor.from_pretrained(model_dir, device="cpu")
+def test_cuda_predicts_like_cpu(tiny_model_dir, dtype):
+    gpu = PPCRPredictor.from_pretrained(tiny_model_dir, device="cuda", dtype=dtype)
+    cpu = PPCRPredictor.from_pretrained(tiny_model_dir, device="cpu")
     image = _image(45, 61, seed=9)
     gpu.set_image(image)
     cpu.set_image(image)
@@ -325,18 +323,18 @@ def test_no_default_model_installed(monkeypatch, tmp_path):
     assert str(info.value) == "no default model is installed; pass --model DIR"
 
 
-def test_default_model_is_used_when_installed(monkeypatch, model_dir):
-    monkeypatch.setattr(model_source, "DEFAULT_MODEL", model_dir)
-    assert model_source.resolve_model_dir(None) == model_dir
+def test_default_model_is_used_when_installed(monkeypatch, tiny_model_dir):
+    monkeypatch.setattr(model_source, "DEFAULT_MODEL", tiny_model_dir)
+    assert model_source.resolve_model_dir(None) == tiny_model_dir
     assert PPCRPredictor.from_pretrained(device="cpu").model.spec.size == "tiny"
 
 
-def test_hub_id_resolves_from_the_local_cache_offline(monkeypatch, tmp_path, model_dir):
+def test_hub_id_resolves_from_the_local_cache_offline(monkeypatch, tmp_path, tiny_model_dir):
     from huggingface_hub import constants
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--someone--ppcr-tiny"
-    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -350,13 +348,13 @@ def test_hub_id_resolves_from_the_local_cache_offline(monkeypatch, tmp_path, mod
         model_source.resolve_model_dir("someone/not-downloaded")
 
 
-def test_model_paths_that_are_not_checkpoints(tmp_path, model_dir):
+def test_model_paths_that_are_not_checkpoints(tmp_path, tiny_model_dir):
     with pytest.raises(CheckpointError, match="model directory not found"):
         model_source.resolve_model_dir(tmp_path / "nope")
     with pytest.raises(CheckpointError, match="model directory not found"):
         model_source.resolve_model_dir("./runs/nope")
     with pytest.raises(CheckpointError, match="is a file"):
-        model_source.resolve_model_dir(model_dir / "config.json")
+        model_source.resolve_model_dir(tiny_model_dir / "config.json")
 
 
 @pytest.mark.parametrize(
@@ -364,14 +362,6 @@ def test_model_paths_that_are_not_checkpoints(tmp_path, model_dir):
     ["delete:heads.safetensors", "truncate:heads.safetensors", "truncate:base/llava/model.safetensors",
      "delete:config.json", "truncate:semantic/adapter_model.safetensors", "delete:tokenizer/tokenizer.json"],
 )
-def test_damaged_checkpoint_is_a_checkpoint_error(model_dir, tmp_path, damage):
-    action, name = damage.split(":")
-    copy = tmp_path / "damaged"
-    shutil.copytree(model_dir, copy)
-    target = copy / name
-    if action == "delete":
-        target.unlink()
-    else:
-        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+def test_damaged_checkpoint_is_a_checkpoint_error(damaged_model_copy, damage):
     with pytest.raises(CheckpointError):
-        PPCRPredictor.from_pretrained(copy, device="cpu")
+        PPCRPredictor.from_pretrained(damaged_model_copy(damage), device="cpu")

@@ -8,7 +8,7 @@ in-process (one rank), ``torch.multiprocessing`` spawn (two ranks) and DeepSpeed
 from __future__ import annotations
 
 import json
-import os
+import math
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -20,13 +20,14 @@ import yaml
 from ppcr.config.loading import recipe_from_dict, recipe_to_dict
 from ppcr.config.schema import DataSpec, Recipe, TrainSpec
 from ppcr.errors import CheckpointError, DataError, PPCRError, RecipeError
-from ppcr.training.atomic import atomic_directory, remove_stale_temporaries
-from ppcr.training.checkpointing import trainable_digest
+from ppcr.training.checkpointing import clean_run_temporaries, trainable_digest
 from ppcr.training.data import ResumableDistributedSampler
 from ppcr.training.deepspeed_config import build_deepspeed_config, resolve_precision
 from ppcr.training.errors import NonFiniteLossError, TrainingError, error_from_dict, error_to_dict
 from ppcr.training.plan import make_plan
-from ppcr.training.run import train
+from ppcr.training.result import TrainResult
+from ppcr.training.run import _collect, train
+from ppcr.training.worker import write_report
 from tests.stand_in_model import (
     StandInConfig,
     StandInFactory,
@@ -67,7 +68,11 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
 
 
 def temporaries(run_dir: Path) -> list[str]:
-    return [p.name for p in run_dir.rglob("*") if p.name.startswith((".tmp-", ".old-", ".partial-"))]
+    """Leftovers of ppcr.io's atomic writes (``*.tmp-*``, ``*.old-*``) or of a DeepSpeed state save."""
+    return [
+        p.name for p in run_dir.rglob("*")
+        if ".tmp-" in p.name or ".old-" in p.name or p.name.startswith(".partial-")
+    ]
 
 
 def never_called(recipe):
@@ -158,20 +163,24 @@ def test_sampler_resume_yields_exactly_the_remaining_micro_batches_and_epochs_re
     assert _micro_batches(2, 1, epoch=1) != full
 
 
-def test_atomic_directory_leaves_the_previous_copy_intact_on_failure(tmp_path):
-    target = tmp_path / "ckpt"
-    with atomic_directory(target) as tmp:
-        (tmp / "weights").write_text("good")
-    with pytest.raises(RuntimeError):
-        with atomic_directory(target) as tmp:
-            (tmp / "weights").write_text("half")
-            raise RuntimeError("crash while writing")
-    assert (target / "weights").read_text() == "good"
-    assert temporaries(tmp_path) == []
-    # A crash between the two renames of a directory swap leaves only ".old-<name>-<pid>": restored.
-    os.replace(target, tmp_path / ".old-ckpt-123")
-    remove_stale_temporaries(tmp_path)
-    assert (target / "weights").read_text() == "good"
+def test_clean_run_temporaries_finds_every_kind_of_leftover(tmp_path):
+    """The names below are the ones ppcr.io and save_training_state really give their temporaries."""
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_000004").mkdir(parents=True)
+    (run / "checkpoints" / "step_000008.tmp-ab_3xy9z").mkdir()  # export cut while being built
+    (run / "state" / ".partial-step_000008").mkdir(parents=True)  # DeepSpeed save cut
+    (run / "state" / ".latest.tmp-k2j4m5n6").write_text("step_000008\n")  # pointer write cut
+    (run / "state" / "latest").write_text("step_000004\n")
+    # a crash between the two renames of a directory swap: only the complete old copy remains
+    (run / "state" / "step_000004.old-0a1b2c3d").mkdir()
+    (run / "state" / "step_000004.old-0a1b2c3d" / "mp_rank_00_model_states.pt").write_text("good")
+    (run / ".env.tmp-q1w2e3r4.json").write_text("{")
+    clean_run_temporaries(run)
+    assert temporaries(run) == []
+    assert (run / "state" / "step_000004" / "mp_rank_00_model_states.pt").read_text() == "good"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000004"]
+    assert sorted(p.name for p in (run / "state").iterdir()) == ["latest", "step_000004"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "state"]
 
 
 def test_deepspeed_config_matches_the_recipe():
@@ -201,6 +210,19 @@ def test_rank_errors_travel_as_their_own_class():
     rebuilt = error_from_dict(json.loads(json.dumps(error_to_dict(original))))
     assert type(rebuilt) is NonFiniteLossError and rebuilt.hint == "lower the lr"
     assert type(error_from_dict({"module": "os", "type": "system", "message": "x"})) is PPCRError
+
+
+def test_a_rank_report_with_a_diverged_metric_reaches_the_parent(tmp_path):
+    """ppcr.io refuses NaN by default; a rank's report must still carry one to the launcher."""
+    result = TrainResult(
+        run_dir="r", final_dir="r/final", steps=1, total_steps=1, start_step=0, world_size=1,
+        precision="fp32", zero_stage=2, device="cpu", samples_per_s=0.0, wall_s=0.1,
+        last_metrics={"step": 1, "loss": math.nan, "losses": {"mse": math.inf}},
+    )
+    write_report(tmp_path / "rank0.json", {"result": result.to_dict()})
+    back = _collect(str(tmp_path), 1, launcher_failed=None)
+    assert math.isnan(back.last_metrics["loss"]) and back.last_metrics["losses"]["mse"] == math.inf
+    assert back.run_dir == "r" and back.steps == 1
 
 
 # ============================================================================ one rank, in process

@@ -26,7 +26,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -300,23 +300,23 @@ class ReferDataset:
     def split_by(self) -> str:
         return self.index.split_by
 
+    def _dangling(self, ref: dict, kind: str, target_id: Any) -> DataError:
+        """A ref whose annotation or image is missing from the instances file."""
+        return DataError(
+            f"{self.name}: ref {ref['ref_id']} points at {kind} {target_id}, "
+            f"which is not in {self.index.instances_path}",
+            hint=f"run `ppcr prepare {self.name}` to check the layout",
+        )
+
     def _build_samples(self) -> Iterator[ReferSample]:
         source = self.index.refs_path
         for ref in self.index.refs_in_split(self.split):
             ann = self.index.anns.get(ref["ann_id"])
             if ann is None:
-                raise DataError(
-                    f"{self.name}: ref {ref['ref_id']} points at annotation {ref['ann_id']}, "
-                    f"which is not in {self.index.instances_path}",
-                    hint=f"run `ppcr prepare {self.name}` to check the layout",
-                )
+                raise self._dangling(ref, "annotation", ref["ann_id"])
             image = self.index.images.get(ref["image_id"])
             if image is None:
-                raise DataError(
-                    f"{self.name}: ref {ref['ref_id']} points at image {ref['image_id']}, "
-                    f"which is not in {self.index.instances_path}",
-                    hint=f"run `ppcr prepare {self.name}` to check the layout",
-                )
+                raise self._dangling(ref, "image", ref["image_id"])
             box = _box_xyxy(ann, ref)
             category = ref.get("category_id", ann.get("category_id"))
             for sentence in ordered_sentences(ref, source):

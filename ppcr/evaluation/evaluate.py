@@ -397,7 +397,15 @@ def evaluate_many(
     model_name: Optional[str] = None,
     on_prediction: Optional[PredictionHook] = None,
 ) -> list[EvalResult]:
-    """:func:`evaluate` for several splits of one dataset; every split is checked before any runs."""
+    """Score ``model`` on every sentence of each of ``splits`` of ``dataset`` under ``data_root``.
+
+    Every split is checked before any runs. ``images`` overrides the dataset's image folder;
+    ``box_source="gt"`` feeds SAM the ground-truth box (Table 3's oracle). With ``out_dir`` the
+    files of :mod:`ppcr.evaluation.outputs` are written to ``out_dir/<dataset>_<split>/``
+    (``save_vis``: Fig. 6 panels of the first N sentences). ``progress(label, done, total)`` is
+    called as sentences finish; ``on_prediction(sample, mask, row)`` sees every predicted mask.
+    ``model_name`` (e.g. the checkpoint directory) is recorded in ``metrics.json``.
+    """
     _check_options(box_source, batch_size, save_vis)
     if not splits:
         raise PPCRError("no split to evaluate", hint="name at least one split, e.g. val")
@@ -428,43 +436,10 @@ def evaluate_many(
         model.train(was_training)
 
 
-def evaluate(
-    model: "PPCRModel",
-    dataset: str,
-    split: str,
-    data_root: str | Path,
-    *,
-    images: str | Path | None = None,
-    box_source: str = "predicted",
-    out_dir: Optional[str | Path] = None,
-    save_vis: int = 0,
-    batch_size: int = 16,
-    naive: bool = False,
-    progress: Optional[ProgressFn] = None,
-    model_name: Optional[str] = None,
-    on_prediction: Optional[PredictionHook] = None,
-) -> EvalResult:
+def evaluate(model: "PPCRModel", dataset: str, split: str, data_root: str | Path, **options: Any) -> EvalResult:
     """Score ``model`` on every sentence of ``dataset``/``split`` under ``data_root``.
 
-    ``images`` overrides the dataset's image folder; ``box_source="gt"`` feeds SAM the
-    ground-truth box (Table 3's oracle). With ``out_dir`` the files of
-    :mod:`ppcr.evaluation.outputs` are written to ``out_dir/<dataset>_<split>/`` (``save_vis``:
-    Fig. 6 panels of the first N sentences). ``progress(label, done, total)`` is called as
-    sentences finish; ``on_prediction(sample, mask, row)`` sees every predicted mask.
-    ``model_name`` (e.g. the checkpoint directory) is recorded in ``metrics.json``.
+    ``options`` are :func:`evaluate_many`'s keyword options (images, box_source, out_dir,
+    save_vis, batch_size, naive, progress, model_name, on_prediction), described there.
     """
-    return evaluate_many(
-        model,
-        dataset,
-        [split],
-        data_root,
-        images=images,
-        box_source=box_source,
-        out_dir=out_dir,
-        save_vis=save_vis,
-        batch_size=batch_size,
-        naive=naive,
-        progress=progress,
-        model_name=model_name,
-        on_prediction=on_prediction,
-    )[0]
+    return evaluate_many(model, dataset, [split], data_root, **options)[0]

@@ -80,7 +80,6 @@ class PPCRPredictor:
         from ppcr.modeling.processor import PPCRProcessor
 
         self.model = model.eval()
-        _keep_sam_coordinates_fp32(model)
         self.processor = processor if processor is not None else PPCRProcessor.from_model(model)
         self.share_prefix = share_prefix
         self._features: Optional["ImageFeatures"] = None
@@ -240,18 +239,6 @@ class PPCRPredictor:
             box = None if boxes is None else _pixel_box(boxes[b], width, height)
             results.append(Prediction(mask=mask, box=box, score=float(scores[b]), expression=text, truncated=truncated))
         return results
-
-
-def _keep_sam_coordinates_fp32(model: "PPCRModel") -> None:
-    """segment-anything's prompt encoder casts box coordinates to float32 before multiplying
-    them with its random-Fourier matrix, so that matrix (a buffer, cast by ``model.to(bf16)``)
-    must stay float32 or bf16/fp16 inference fails with a dtype mismatch. Idempotent."""
-    import torch
-
-    layer = model.sam.prompt_encoder.pe_layer
-    matrix = layer.positional_encoding_gaussian_matrix
-    if matrix.dtype != torch.float32:
-        layer.positional_encoding_gaussian_matrix = matrix.float()
 
 
 def _pixel_box(normalised: np.ndarray, width: int, height: int) -> Box:

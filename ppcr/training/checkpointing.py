@@ -16,7 +16,7 @@ Two things are saved, for two readers:
   position in the epoch, the data-order inputs and every rank's RNG states.
 
 Both are written under a temporary name and renamed into place when complete (see
-:mod:`ppcr.training.atomic`). DeepSpeed reads its own files with ``weights_only=False``; before
+:mod:`ppcr.io`). DeepSpeed reads its own files with ``weights_only=False``; before
 handing them over, every ``.pt`` file is opened with ``weights_only=True`` and an allowlist of the
 four plain DeepSpeed data classes it pickles, so a tampered state directory is refused.
 """
@@ -27,6 +27,7 @@ import hashlib
 import inspect
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppcr.errors import CheckpointError
-from ppcr.training.atomic import atomic_directory, atomic_write_text, remove_stale_temporaries, replace_dir
+from ppcr.errors import CheckpointError, PPCRError
+from ppcr.io import atomic_directory, atomic_save_json, atomic_write_text, remove_stale_temporaries, replace_directory
 from ppcr.training.distributed import DistEnv, all_gather_objects, barrier, broadcast_object
 from ppcr.training.errors import TrainingError
 
 LATEST = "latest"  # same file name and content (the tag) as DeepSpeed's own pointer
 TRAINER_STATE = "trainer_state.json"
 STATE_SUMMARY = "ppcr_state.json"  # the JSON part of the client state, readable without DeepSpeed
+# DeepSpeed saves the state under this prefix + tag: every rank writes into it, so its name must be
+# known to all ranks (not a random ``ppcr.io`` temporary); it is renamed to the tag once complete.
+PARTIAL_PREFIX = ".partial-"
+_STEP_TAG = re.compile(r"^step_\d{6,}$")
 
 
 def step_tag(step: int) -> str:
@@ -126,8 +131,10 @@ def export_pretrained(
                     model.save_pretrained(tmp, state_dict=state)
                 else:
                     model.save_pretrained(tmp)
-                atomic_write_text(tmp / TRAINER_STATE, json.dumps(trainer_state, indent=2) + "\n")
-        except OSError as exc:
+                atomic_save_json(tmp / TRAINER_STATE, trainer_state, allow_nan=True)
+        except PPCRError as exc:  # ppcr.io's one-line "cannot write <path>: <reason>"
+            error = exc.message
+        except OSError as exc:  # from the model's own save_pretrained
             error = f"cannot write checkpoint {target}: {exc}"
     error = broadcast_object(error)
     if error:
@@ -179,7 +186,7 @@ def save_training_state(
     """Save DeepSpeed's resumable state for ``step`` (collective); keep the newest ``keep`` tags."""
     state_root = Path(state_root)
     tag = step_tag(step)
-    partial = f".partial-{tag}"
+    partial = f"{PARTIAL_PREFIX}{tag}"
     if dist_env.is_main:
         state_root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(state_root / partial, ignore_errors=True)
@@ -191,10 +198,10 @@ def save_training_state(
     )
     barrier()
     if dist_env.is_main:
-        atomic_write_text(state_root / partial / STATE_SUMMARY, json.dumps(client_state, indent=2) + "\n")
-        replace_dir(state_root / partial, state_root / tag)
+        atomic_save_json(state_root / partial / STATE_SUMMARY, client_state, allow_nan=True)
+        replace_directory(state_root / partial, state_root / tag)
         atomic_write_text(state_root / LATEST, tag + "\n")
-        tags = sorted(p.name for p in state_root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+        tags = sorted(p.name for p in state_root.iterdir() if p.is_dir() and _STEP_TAG.match(p.name))
         for old in tags[:-keep] if keep > 0 else []:
             if old != tag:
                 shutil.rmtree(state_root / old, ignore_errors=True)
@@ -271,6 +278,13 @@ def load_training_state(
 
 
 def clean_run_temporaries(run_dir: Path) -> None:
-    """Remove leftovers of an interrupted write anywhere a checkpoint is built."""
+    """Remove leftovers of an interrupted write anywhere a checkpoint is built.
+
+    ``ppcr.io``'s temporaries are deleted (or, for a directory swap cut between its two renames,
+    the complete previous copy restored), and so is a DeepSpeed state that was still being saved.
+    """
+    run_dir = Path(run_dir)
     for folder in (run_dir, run_dir / "checkpoints", run_dir / "state"):
         remove_stale_temporaries(folder)
+    for partial in sorted((run_dir / "state").glob(f"{PARTIAL_PREFIX}*")):
+        shutil.rmtree(partial, ignore_errors=True)

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from ppcr.training.atomic import atomic_write_json, atomic_write_text
+from ppcr.io import atomic_save_json, atomic_write_text
 from ppcr.training.layout import ENV_FILE, METRICS_FILE
 
 
@@ -163,4 +163,5 @@ def write_env(run_dir: Path, env: dict[str, Any]) -> Path:
             previous = []
     if previous:
         env = {**env, "previous_launches": previous}
-    return atomic_write_json(path, env)
+    # default=str: run facts may hold paths or other objects; allow_nan: never fail a run over env.json
+    return atomic_save_json(path, env, allow_nan=True, default=str)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ppcr.errors import PPCRError
-from ppcr.training.atomic import atomic_write_json
+from ppcr.io import atomic_save_json
 from ppcr.training.errors import error_to_dict
 from ppcr.training.request import RunRequest
 from ppcr.training.result import TrainResult
@@ -45,12 +45,21 @@ def run_and_report(request: RunRequest, result_dir: str) -> None:
     try:
         result = run_rank(request)
     except PPCRError as exc:
-        atomic_write_json(path, {"error": error_to_dict(exc)})
+        write_report(path, {"error": error_to_dict(exc)})
         raise
     except BaseException:
-        atomic_write_json(path, {"crash": traceback.format_exc()})
+        write_report(path, {"crash": traceback.format_exc()})
         raise
-    atomic_write_json(path, {"result": result.to_dict()})
+    write_report(path, {"result": result.to_dict()})
+
+
+def write_report(path: Path, report: dict[str, Any]) -> Path:
+    """Write a rank's report atomically, so the parent never reads half of one.
+
+    Only the launching process reads it back (``json.loads`` accepts NaN), and a loss or metric
+    that diverged must be reported as it is, not make the report itself fail: NaN is allowed.
+    """
+    return atomic_save_json(path, report, allow_nan=True, default=str)
 
 
 def _quiet_library_deprecations() -> None:

@@ -70,3 +70,14 @@ def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":
             hint="use --dtype fp16 or fp32",
         )
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[key]
+
+
+def preferred_dtype(device: "torch.device") -> "torch.dtype":
+    """The dtype to run in when the user did not choose one: bf16 on a CUDA GPU that supports it
+    (the paper's inference precision, half the memory), else fp32 (CPU kernels are fastest and
+    exact in fp32; older GPUs lack bf16)."""
+    import torch
+
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
