@@ -8,8 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 app = typer.Typer(
-    help="Check datasets in the refer layout, or generate the Shapes-Ref benchmark.\n\n"
+    help="Check datasets in the refer layout, generate the Shapes-Ref benchmark, or convert public weights "
+    "into a PPCR base checkpoint.\n\n"
     "Examples:\n\n  ppcr prepare refcoco --root data/refer_seg\n\n"
+    "  ppcr prepare weights --from glamm --out weights/ppcr-glamm-7b\n\n"
     "  ppcr prepare refcocog --root data/refer_seg --images /coco/train2014\n\n"
     "  ppcr prepare shapes --out data/shapes --seed 0",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -109,3 +111,12 @@ def shapes_command(
         table.add_row(*[str(v) if not isinstance(v, int) else f"{v:,}" for v in row])
     out.print(table)
     err.print(f"[green]done[/] in {summary.seconds:.1f} s")
+
+
+def _register_weights() -> None:
+    from ppcr_cli.weights import weights_command
+
+    app.command("weights")(weights_command)
+
+
+_register_weights()

@@ -13,4 +13,7 @@ Modules (each imports torch only inside its functions, so importing them is chea
 - :mod:`~ppcr.weights.loading`: copy a renamed stream into built modules, tensor by tensor.
 - :mod:`~ppcr.weights.report`: the record of every key and every extracted matrix.
 - :mod:`~ppcr.weights.assembly`: the two recipes (``load_llava``, ``load_glamm``) composing the above.
+- :mod:`~ppcr.weights.skeleton`: build modules without initialising weights (meta parameters).
+- :mod:`~ppcr.weights.prepare`: ``prepare_weights``, the whole command: skeleton, assembly, a PPCR
+  checkpoint directory and ``conversion_report.json``.
 """

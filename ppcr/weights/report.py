@@ -119,7 +119,8 @@ class MappingReport:
             row(record.source, record.component)["unmapped"] += 1
         for name in self.missing:
             row("-", target_component(name))["missing"] += 1
-        return list(rows.values())
+        sources = list(dict.fromkeys(source for source, _ in rows))  # in the order they were read
+        return [rows[key] for key in sorted(rows, key=lambda k: (sources.index(k[0]), k[1]))]
 
     def to_dict(self) -> dict[str, Any]:
         return {
