@@ -75,14 +75,27 @@ def test_two_processes_hold_identical_weights(shapes_root, tmp_path):
     assert len(set(result.weight_digests)) == 1
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(step: int):
+    def on_log(row):
+        if row["step"] == step:
+            raise _Interrupt(f"simulated crash at step {step}")
+
+    return on_log
+
+
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(shapes_root, tmp_path):
-    full = small_recipe(shapes_root, "train.max_steps=8")
-    train_ppcr(full, tmp_path / "full", progress=False)
-    train_ppcr(small_recipe(shapes_root, "train.max_steps=4"), tmp_path / "cut", progress=False)
-    # The first run stopped after step 4; continue it with the full schedule.
-    (tmp_path / "cut" / "recipe.yaml").write_text((tmp_path / "full" / "recipe.yaml").read_text())
-    result = train_ppcr(full, tmp_path / "cut", resume=True, progress=False)
+    recipe = small_recipe(shapes_root, "train.max_steps=8")
+    train_ppcr(recipe, tmp_path / "full", progress=False)
+    with pytest.raises(_Interrupt):  # dies after step 6; the last saved state is step 4's
+        train_ppcr(recipe, tmp_path / "cut", progress=False, on_log=_interrupt_at(6))
+    assert not (tmp_path / "cut" / "final").exists()
+    result = train_ppcr(recipe, tmp_path / "cut", resume=True, progress=False)
     assert result.resumed_from_step == 4 and result.steps == 8
+    assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "full"), rel=1e-5)
     a, b = trainable(tmp_path / "full"), trainable(tmp_path / "cut")
     assert a.keys() == b.keys()
     for key in a:
