@@ -122,6 +122,25 @@ def test_frozen_parts_get_no_gradient_and_trainable_parts_do(semantic_model, bat
         assert sum(float(g.abs().sum()) for g in grads.values()) > 0, name
 
 
+def test_unfrozen_encoders_get_gradients_from_the_training_forward(batch):
+    """``model.unfreeze`` (the random tiny model) must really train CLIP, the projector and SAM's
+    image encoder: the training forward may not encode the images under ``no_grad``."""
+    recipe = tiny_recipe(spatial_prompt="semantic", unfreeze=["vision_tower", "projector", "sam_image_encoder"])
+    model = build_model(recipe)
+    model.zero_grad(set_to_none=True)
+    model(batch).loss.backward()
+    for what, module in {
+        "CLIP": model.llava.model.vision_tower,
+        "projector": model.llava.model.multi_modal_projector,
+        "SAM image encoder": model.sam.image_encoder,
+    }.items():
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert grads, what
+        assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0, what
+    # Inference encoding stays graph-free.
+    assert not model.encode_images(batch.images).clip_tokens.requires_grad
+
+
 def test_training_step_changes_added_token_rows_but_not_base_rows(semantic_model, batch):
     model = semantic_model
     embed_before = model.llava.get_input_embeddings().weight.detach().clone()
