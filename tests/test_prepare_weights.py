@@ -25,7 +25,7 @@ from ppcr.errors import CheckpointError, DataError, PPCRError
 from ppcr.modeling.model import PPCRModel
 from ppcr.modeling.processor import PPCRProcessor, PPCRSample
 from ppcr.weights.prepare import prepare_weights
-from tests.weights_builders import write_sharded, write_single
+from tests.weights_builders import refseg_from, write_sharded, write_single
 
 TINY = TinySpec()
 RANK, ALPHA = 8, 16
@@ -135,21 +135,7 @@ def write_glamm(directory: Path, state: dict[str, torch.Tensor], base_vocab: int
 def glamm_pair(base_vocab: int) -> tuple[dict, dict]:
     """GranD and RefSeg states: RefSeg = GranD + rank-8 q/v deltas (alpha 16) + full head changes."""
     grand = GlammLike(base_vocab, seed=0)
-    refseg = copy.deepcopy(grand)
-    generator = torch.Generator().manual_seed(21)
-    with torch.no_grad():
-        for layer in refseg.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.v_proj):
-                lora_b = torch.randn(proj.out_features, RANK, generator=generator) * 0.2
-                lora_a = torch.randn(RANK, proj.in_features, generator=generator) * 0.2
-                proj.weight += (ALPHA / RANK) * lora_b @ lora_a
-        for param in (
-            *refseg.model.grounding_encoder.mask_decoder.parameters(),
-            *refseg.model.text_hidden_fcs.parameters(),
-            refseg.model.embed_tokens.weight,
-            refseg.lm_head.weight,
-        ):
-            param += torch.randn(param.shape, generator=generator) * 0.1
+    refseg = refseg_from(grand, rank=RANK, alpha=ALPHA, head_scale=0.1)
     return grand.released_state_dict(), refseg.released_state_dict()
 
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.weights_builders import (
     PPCR_ROWS,
     PPCR_VOCAB,
     GlammLike,
+    refseg_from,
     semantic_proj,
     tiny_clip,
     tiny_llava,
@@ -37,21 +37,7 @@ def glamm_pair(tmp_path: Path) -> tuple[Path, Path, dict, dict]:
     """GranD-like and RefSeg-like checkpoints: RefSeg = GranD + rank-8 q/v deltas (alpha 16) +
     full changes of the mask decoder, text_hidden_fcs, embed_tokens and lm_head (as GLaMM trains)."""
     grand = GlammLike(with_vision_tower=False, seed=0)
-    refseg = copy.deepcopy(grand)
-    generator = torch.Generator().manual_seed(21)
-    with torch.no_grad():
-        for layer in refseg.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.v_proj):
-                lora_b = torch.randn(proj.out_features, RANK, generator=generator) * 0.2
-                lora_a = torch.randn(RANK, proj.in_features, generator=generator) * 0.2
-                proj.weight += (ALPHA / RANK) * lora_b @ lora_a
-        for param in (
-            *refseg.model.grounding_encoder.mask_decoder.parameters(),
-            *refseg.model.text_hidden_fcs.parameters(),
-            refseg.model.embed_tokens.weight,
-            refseg.lm_head.weight,
-        ):
-            param += torch.randn(param.shape, generator=generator)
+    refseg = refseg_from(grand, rank=RANK, alpha=ALPHA)
     grand_state, refseg_state = dict(grand.state_dict()), dict(refseg.state_dict())
     return (
         write_glamm(tmp_path / "grand", grand_state, shards=2),

@@ -7,12 +7,14 @@ by code independent of ``ppcr.weights``, from tiny random instances of the real 
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
+
 from ppcr.modeling.sam import sam_modeling
 
 HIDDEN = 16
@@ -193,3 +195,25 @@ def write_glamm(directory: Path, state: dict[str, torch.Tensor], shards: int = 3
     (directory / "added_tokens.json").write_text(json.dumps(GLAMM_VOCAB, indent=2))
     (directory / "config.json").write_text(json.dumps({"architectures": ["GLaMMForCausalLM"], "model_type": "llava"}))
     return directory
+
+
+def refseg_from(grand: nn.Module, *, rank: int = 8, alpha: int = 16, head_scale: float = 1.0, seed: int = 21):
+    """A RefSeg-like copy of a GranD-like model: GranD + rank-``rank`` q/v deltas (scaled by
+    alpha/rank, as a merged LoRA) + full changes of the parts GLaMM trains (mask decoder,
+    text_hidden_fcs, embed_tokens, lm_head), the latter of size ``head_scale``."""
+    refseg = copy.deepcopy(grand)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in refseg.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.v_proj):
+                lora_b = torch.randn(proj.out_features, rank, generator=generator) * 0.2
+                lora_a = torch.randn(rank, proj.in_features, generator=generator) * 0.2
+                proj.weight += (alpha / rank) * lora_b @ lora_a
+        for param in (
+            *refseg.model.grounding_encoder.mask_decoder.parameters(),
+            *refseg.model.text_hidden_fcs.parameters(),
+            refseg.model.embed_tokens.weight,
+            refseg.lm_head.weight,
+        ):
+            param += torch.randn(param.shape, generator=generator) * head_scale
+    return refseg
