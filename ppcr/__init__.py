@@ -6,8 +6,7 @@ does not pull in torch.
 
 from __future__ import annotations
 
-import importlib
-
+from ppcr.lazy import lazy_getattr
 from ppcr.version import __version__
 
 _LAZY = {
@@ -20,8 +19,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ppcr' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr("ppcr", _LAZY)

@@ -14,7 +14,7 @@ Names are imported lazily so that ``import ppcr.modeling`` does not import torch
 
 from __future__ import annotations
 
-import importlib
+from ppcr.lazy import lazy_getattr
 
 _LAZY = {
     "build_model": "ppcr.modeling.build",
@@ -36,8 +36,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ppcr.modeling' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr("ppcr.modeling", _LAZY)

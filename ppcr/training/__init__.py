@@ -6,7 +6,7 @@ package does not import torch or DeepSpeed.
 
 from __future__ import annotations
 
-import importlib
+from ppcr.lazy import lazy_getattr
 
 _LAZY = {
     "train": "ppcr.training.run",
@@ -19,8 +19,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ppcr.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr("ppcr.training", _LAZY)
