@@ -159,6 +159,9 @@ def test_too_long_expression_is_shortened_with_a_warning(predictor):
     assert 0 < len(kept) < 160 and long_text.split()[: len(kept)] == kept
     # What was kept fits as it is: the processor feeds exactly this text to the model.
     assert predictor.fit_expression(result.expression) == (result.expression, False)
+    full, fitted = (predictor.processor.texts([text], [0]) for text in (long_text, result.expression))
+    for stage in ("semantic", "spatial"):
+        assert getattr(full, stage).input_ids.tolist() == getattr(fitted, stage).input_ids.tolist()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not predictor.predict("the big red circle").truncated

@@ -166,26 +166,8 @@ class PPCRPredictor:
         if not isinstance(expression, str):
             raise PPCRError(f"an expression must be a string, got {type(expression).__name__}")
         full = templates.normalise_expression(expression)
-        kept = full
-        for build in self._stage_builders():
-            read: list[str] = []
-
-            def recording(text: str, build=build, read=read):
-                read.append(text)
-                return build(text)
-
-            # The processor's own budget rule, so this agrees with what it would feed the model.
-            self.processor._turn_within_budget(recording, full)
-            if len(read[-1]) < len(kept):
-                kept = read[-1]
+        kept = self.processor.fitted_expression(full)
         return kept, kept != full
-
-    def _stage_builders(self):
-        variant = self.processor.spatial_prompt
-        builders = [lambda text: templates.semantic_turn(text, None)]
-        if variant != "none":
-            builders.append(lambda text: templates.spatial_turn(variant, text, None))
-        return builders
 
     # ------------------------------------------------------------------ prediction
 

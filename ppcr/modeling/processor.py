@@ -135,14 +135,16 @@ class PPCRProcessor:
     def _text_length(self, ids: list[int]) -> int:
         return len(ids) - self.image_seq_length
 
-    def _turn_within_budget(self, build, expression: str) -> tuple[list[int], list[int]]:
-        """Encode ``build(expression)``, dropping trailing words of the expression if too long."""
+    def _turn_within_budget(self, build, expression: str) -> tuple[list[int], list[int], str]:
+        """Encode ``build(expression)``, dropping trailing words of the expression if too long;
+        also returns the expression text that was kept."""
         words = templates.normalise_expression(expression).split()
         while True:
-            question, answer = build(" ".join(words))
+            kept = " ".join(words)
+            question, answer = build(kept)
             ids, labels = self._encode_turn(question, answer)
             if self._text_length(ids) <= self.max_length:
-                return ids, labels
+                return ids, labels, kept
             if len(words) <= 1:
                 raise DataError(
                     f"the prompt for {expression!r} needs {self._text_length(ids)} text tokens, "
@@ -150,6 +152,20 @@ class PPCRProcessor:
                     hint="raise model.max_length",
                 )
             words = words[:-1]
+
+    def fitted_expression(self, expression: str) -> str:
+        """The expression as the evaluation prompts of both stages read it: normalised, with
+        trailing words dropped until every prompt fits ``max_length`` (``DataError`` when even
+        its first word does not fit)."""
+        builders = [lambda text: templates.semantic_turn(text, None)]
+        if self.spatial_prompt != "none":
+            builders.append(lambda text: templates.spatial_turn(self.spatial_prompt, text, None))
+        kept = templates.normalise_expression(expression)
+        for build in builders:
+            stage_kept = self._turn_within_budget(build, expression)[2]
+            if len(stage_kept) < len(kept):
+                kept = stage_kept
+        return kept
 
     def _pad(self, rows: list[tuple[list[int], list[int]]]) -> StageInputs:
         length = max(len(ids) for ids, _ in rows)
@@ -174,12 +190,12 @@ class PPCRProcessor:
             raise DataError("no expressions to process")
         semantic_rows, spatial_rows = [], []
         for expression in expressions:
-            semantic_rows.append(self._turn_within_budget(lambda e: templates.semantic_turn(e, rng), expression))
+            semantic_rows.append(self._turn_within_budget(lambda e: templates.semantic_turn(e, rng), expression)[:2])
             if self.spatial_prompt != "none":
                 spatial_rows.append(
                     self._turn_within_budget(
                         lambda e: templates.spatial_turn(self.spatial_prompt, e, rng), expression
-                    )
+                    )[:2]
                 )
         index = torch.as_tensor(list(image_index) if not isinstance(image_index, torch.Tensor) else image_index)
         if index.numel() != len(expressions):
