@@ -118,8 +118,8 @@ def save_checkpoint(
 
 
 def prompt_format(model: "PPCRModel") -> PromptFormat:
-    """The prompt format a model's weights expect (``model.prompt_format``; bare ``<image>`` if unset)."""
-    return getattr(model, "prompt_format", None) or PromptFormat()
+    """The prompt format a model's weights expect (``model.prompt_format``)."""
+    return model.prompt_format
 
 
 def _check_spec(saved: ModelSpec, wanted: ModelSpec, directory: Path) -> None:

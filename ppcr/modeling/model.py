@@ -35,7 +35,7 @@ from ppcr.errors import PPCRError
 from ppcr.modeling import losses as L
 from ppcr.modeling.adapters import SEMANTIC, SPATIAL, AdapterSet
 from ppcr.modeling.batch import ImageInputs, PPCRBatch, StageInputs, TextInputs
-from ppcr.modeling.config import BaseWeights, TokenIds
+from ppcr.modeling.config import BaseWeights, PromptFormat, TokenIds
 from ppcr.modeling.heads import AttnBoxHead, BoxMLP, SemanticProjection
 from ppcr.modeling.llava import ensure_vocab_rows, image_seq_length
 from ppcr.modeling.token_rows import AddedTokenRows
@@ -138,6 +138,9 @@ class PPCRModel(nn.Module):
         self.base = base
         self.loss_weights = loss_weights or LossSpec()
         self.recipe: Optional[dict] = None  # the recipe it was built from (plain dict), saved with it
+        # How prompts write the image placeholder; fixed by the weights (GLaMM-initialised models
+        # wrap it in <im_start>/<im_end>), saved in config.json.
+        self.prompt_format = PromptFormat()
 
         ensure_vocab_rows(llava, token_ids)
         names = (SEMANTIC,) if spec.spatial_prompt == "none" else (SEMANTIC, SPATIAL)
