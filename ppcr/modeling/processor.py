@@ -157,15 +157,19 @@ class PPCRProcessor:
         """The expression as the evaluation prompts of both stages read it: normalised, with
         trailing words dropped until every prompt fits ``max_length`` (``DataError`` when even
         its first word does not fit)."""
-        builders = [lambda text: templates.semantic_turn(text, None)]
-        if self.spatial_prompt != "none":
-            builders.append(lambda text: templates.spatial_turn(self.spatial_prompt, text, None))
         kept = templates.normalise_expression(expression)
-        for build in builders:
+        for build in self._stage_builders(None):
             stage_kept = self._turn_within_budget(build, expression)[2]
             if len(stage_kept) < len(kept):
                 kept = stage_kept
         return kept
+
+    def _stage_builders(self, rng: random.Random | None) -> list:
+        """(question, answer) builders of each stage this variant runs: semantic, then spatial."""
+        builders = [lambda text: templates.semantic_turn(text, rng)]
+        if self.spatial_prompt != "none":
+            builders.append(lambda text: templates.spatial_turn(self.spatial_prompt, text, rng))
+        return builders
 
     def _pad(self, rows: list[tuple[list[int], list[int]]]) -> StageInputs:
         length = max(len(ids) for ids, _ in rows)
@@ -189,14 +193,11 @@ class PPCRProcessor:
         if len(expressions) == 0:
             raise DataError("no expressions to process")
         semantic_rows, spatial_rows = [], []
+        builders = self._stage_builders(rng)
         for expression in expressions:
-            semantic_rows.append(self._turn_within_budget(lambda e: templates.semantic_turn(e, rng), expression)[:2])
-            if self.spatial_prompt != "none":
-                spatial_rows.append(
-                    self._turn_within_budget(
-                        lambda e: templates.spatial_turn(self.spatial_prompt, e, rng), expression
-                    )[:2]
-                )
+            semantic_rows.append(self._turn_within_budget(builders[0], expression)[:2])
+            if len(builders) > 1:
+                spatial_rows.append(self._turn_within_budget(builders[1], expression)[:2])
         index = torch.as_tensor(list(image_index) if not isinstance(image_index, torch.Tensor) else image_index)
         if index.numel() != len(expressions):
             raise DataError(f"{len(expressions)} expressions but {index.numel()} image indices")
