@@ -10,6 +10,13 @@ the pipeline apart so a change can be judged in minutes rather than by a full tr
   target's true mean colour: can the tiny SAM learn colour-conditioned masks at all?
 * ``gt-box``: the recipe trained with the ground-truth box fed to SAM (Table 3's oracle): can the
   tiny SAM learn box → mask?
+* ``memorise``: box loss only, ``--images`` distinct training images, each with one target and the
+  same text ("the shape"): can image → LLM → box head fit even a handful of boxes?
+
+Two knobs test remedies: ``--base-lr`` trains everything except the heads and SAM (the LLM, CLIP,
+projector, embeddings, LoRA) at its own learning rate; ``--standardise-heads`` puts a
+``BatchNorm1d(affine=False)`` in front of the box head, ``semantic_proj`` and ``sem_to_input``
+(the LLM's states at those positions share a large common component).
 
 Usage (Shapes-Ref in data/shapes, ``ppcr prepare shapes --out data/shapes``)::
 
@@ -48,6 +55,42 @@ class ColourOracle(torch.nn.Module):
 
     def forward(self, h_sem: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.colours.to(h_sem.dtype))
+
+
+class Standardised(torch.nn.Module):
+    """``inner(BatchNorm1d(x))``: per-feature standardisation (running statistics in eval mode)."""
+
+    def __init__(self, inner: torch.nn.Module, dim: int):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(dim, affine=False, momentum=0.01)
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor, *rest) -> torch.Tensor:
+        return self.inner(self.norm(x), *rest)
+
+
+def standardise_heads(model) -> None:
+    for name in ("box_head", "semantic_proj", "sem_to_input"):
+        head = getattr(model, name)
+        if head is not None:
+            setattr(model, name, Standardised(head, model.hidden_size))
+
+
+HEAD_PARAMETERS = ("box_head", "semantic_proj", "sem_to_input", "sam.")
+
+
+def memorise_items(data: ReferTrainDataset, count: int) -> list[TrainItem]:
+    """The first target of ``count`` distinct images, all with the same text."""
+    seen, items = set(), []
+    for index in range(len(data)):
+        item = data[index]
+        if item.image_key not in seen:
+            seen.add(item.image_key)
+            item.expression = "the shape"
+            items.append(item)
+            if len(items) == count:
+                break
+    return items
 
 
 def mean_colours(items: list[TrainItem]) -> torch.Tensor:
@@ -96,7 +139,7 @@ def forward(module, items: list[TrainItem], box_source: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("probe", choices=["variant", "oracle-colour", "gt-box"])
+    parser.add_argument("probe", choices=["variant", "oracle-colour", "gt-box", "memorise"])
     parser.add_argument("overrides", nargs="*", help="recipe overrides, key=value")
     parser.add_argument("--recipe", default="shapes")
     parser.add_argument("--data-root", default="data/shapes")
@@ -104,22 +147,34 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--eval-sentences", type=int, default=480)
     parser.add_argument("--tag", default="run")
+    parser.add_argument("--images", type=int, default=64, help="memorise: how many images")
+    parser.add_argument("--base-lr", type=float, default=None, help="lr of everything but heads and SAM")
+    parser.add_argument("--standardise-heads", action="store_true")
     args = parser.parse_intermixed_args()
 
     torch.set_num_threads(args.threads)
     overrides = [f"data.root={args.data_root}", *args.overrides]
     if args.probe == "oracle-colour":
         overrides = ["spatial-prompt=none", *overrides]
+    if args.probe == "memorise":
+        overrides = [*overrides, "loss.bce=0", "loss.dice=0", "loss.ce=0", "loss.l1=1"]
     recipe = load_recipe(args.recipe, overrides)
     torch.manual_seed(recipe.seed)
     module = build_train_model(recipe)
     if args.probe == "oracle-colour":
         module.model.semantic_proj = ColourOracle(module.model.sam.prompt_encoder.embed_dim)
+    if args.standardise_heads:
+        standardise_heads(module.model)
     box_source = "gt" if args.probe == "gt-box" else "predicted"
     data = ReferTrainDataset(recipe)
-    params = [p for p in module.parameters() if p.requires_grad]
+    fixed = memorise_items(data, args.images) if args.probe == "memorise" else None
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     train = recipe.train
-    optimizer = torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+    heads = [p for n, p in named if any(key in n for key in HEAD_PARAMETERS)]
+    rest = [p for n, p in named if not any(key in n for key in HEAD_PARAMETERS)]
+    groups = [{"params": heads, "lr": train.lr}, {"params": rest, "lr": args.base_lr or train.lr}]
+    optimizer = torch.optim.AdamW(groups, betas=tuple(train.betas), weight_decay=train.weight_decay)
     warmup = max(1, train.warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / args.steps)
@@ -127,7 +182,10 @@ def main() -> None:
     rng = np.random.default_rng(recipe.seed)
     rows, window, started = [], {}, time.perf_counter()
     for step in range(1, args.steps + 1):
-        items = [data[int(i)] for i in rng.integers(len(data), size=train.batch_size)]
+        if fixed is not None:
+            items = [fixed[int(i)] for i in rng.integers(len(fixed), size=train.batch_size)]
+        else:
+            items = [data[int(i)] for i in rng.integers(len(data), size=train.batch_size)]
         out = forward(module, items, box_source)
         optimizer.zero_grad()
         out.loss.backward()
@@ -143,11 +201,13 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
             window = {}
-    evaluation = quick_eval(module, args.data_root, box_source, args.eval_sentences)
+    evaluation = {} if fixed is not None else quick_eval(module, args.data_root, box_source, args.eval_sentences)
     print(json.dumps(evaluation), flush=True)
     result = {
         "probe": args.probe,
         "overrides": args.overrides,
+        "base_lr": args.base_lr,
+        "standardise_heads": args.standardise_heads,
         "steps": args.steps,
         "batch_size": recipe.train.batch_size,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)",
