@@ -39,6 +39,7 @@ import torch
 
 from ppcr.config.loading import load_recipe
 from ppcr.data.refer import ReferDataset
+from ppcr.evaluation.metrics import IoUAccumulator
 from ppcr.images import load_image
 from ppcr.training.ppcr_task import ReferTrainDataset, TrainItem, build_train_model
 
@@ -98,15 +99,15 @@ def mean_colours(items: list[TrainItem]) -> torch.Tensor:
     return torch.tensor(np.stack(colours), dtype=torch.float32)
 
 
-def quick_eval(module, root: str, box_source: str, limit: int, batch: int = 32) -> dict[str, dict[str, float]]:
-    """mIoU / oIoU (percent) on the first ``limit`` sentences of shapes/val and shapes+/val."""
+def quick_eval(module, root: str, box_source: str, limit: int, batch: int = 32) -> dict[str, dict]:
+    """oIoU / mIoU / P@t (percent) on the first ``limit`` sentences of shapes/val and shapes+/val."""
     results = {}
     module.eval()
     with torch.no_grad():
         for name in ("shapes", "shapes+"):
             split = ReferDataset(name, root, "val")
             count = min(limit, len(split))
-            ious, inter, union = [], 0, 0
+            scores = IoUAccumulator()
             for start in range(0, count, batch):
                 samples = [split[j] for j in range(start, min(start + batch, count))]
                 items = [
@@ -115,11 +116,8 @@ def quick_eval(module, root: str, box_source: str, limit: int, batch: int = 32) 
                 ]
                 out = forward(module, items, box_source)
                 for logits, item in zip(out.mask_logits, items):
-                    pred, gt = (logits > 0).numpy(), item.mask.astype(bool)
-                    i, u = int((pred & gt).sum()), int((pred | gt).sum())
-                    inter, union = inter + i, union + u
-                    ious.append(i / u if u else 1.0)
-            results[f"{name}/val"] = {"mIoU": 100 * float(np.mean(ious)), "oIoU": 100 * inter / max(union, 1), "n": count}
+                    scores.add((logits > 0).numpy(), item.mask)
+            results[f"{name}/val"] = scores.result()
     module.train()
     return results
 
