@@ -89,6 +89,27 @@ def test_round_trip_is_exact_and_in_the_documented_layout(trained):
     assert_same_outputs(outputs(model)[1], outputs(loaded)[1])
 
 
+def test_head_norm_statistics_round_trip_and_old_checkpoints_load_without_them(trained, tmp_path):
+    model = build_model(tiny_recipe(head_norm="batch"))
+    perturb(model)
+    with torch.no_grad():
+        for norm in (model.h_sem_norm, model.p_box_norm):
+            norm.norm.running_mean.normal_()
+            norm.norm.running_var.uniform_(0.5, 2.0)
+    model.save_pretrained(tmp_path / "normed")
+    loaded = PPCRModel.from_pretrained(tmp_path / "normed")
+    assert loaded.spec.head_norm == "batch"
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    assert_same_outputs(outputs(model)[1], outputs(loaded)[1])
+    # The statistics change the outputs: they are really used.
+    loaded.h_sem_norm.norm.running_mean.zero_()
+    assert not torch.equal(outputs(model)[1].mask_logits[0], outputs(loaded)[1].mask_logits[0])
+    # A checkpoint without the norms (the paper's setting) has none.
+    plain = PPCRModel.from_pretrained(trained[1])
+    assert plain.h_sem_norm is None and plain.p_box_norm is None
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # raised inside peft/transformers
 def test_adapters_are_readable_by_peft_itself(trained):
     from peft import PeftModel

@@ -17,7 +17,7 @@ from ppcr.data import templates
 from ppcr.errors import CheckpointError, DataError
 from ppcr.modeling import losses
 from ppcr.modeling.config import TokenIds
-from ppcr.modeling.heads import AttnBoxHead, BoxMLP, SemanticProjection
+from ppcr.modeling.heads import AttnBoxHead, BoxMLP, SemanticProjection, StateStandardiser
 from ppcr.modeling.llava import add_ppcr_tokens
 from ppcr.modeling.processor import IGNORE_INDEX, PPCRProcessor, PPCRSample
 from ppcr.modeling.sam import (
@@ -207,6 +207,23 @@ def test_heads_shapes_and_ranges():
     assert not torch.allclose(head(query, tokens[:2]), head(query, tokens[2:4]))
     with pytest.raises(ValueError):
         head(query)
+
+
+def test_state_standardiser_removes_the_common_component_of_a_batch():
+    torch.manual_seed(0)
+    common = torch.randn(1, 32) * 5
+    states = common + 0.1 * torch.randn(64, 32)  # nearly one vector, as a random LLM gives
+    norm = StateStandardiser(32, momentum=1.0)  # running stats = the last batch's
+    out = norm(states)
+    torch.testing.assert_close(out.mean(0), torch.zeros(32), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.std(0, unbiased=False), torch.ones(32), atol=1e-3, rtol=0)
+    # Evaluation and one-sample training batches use the running statistics, so a sample's
+    # output does not depend on its batch.
+    one = norm(states[:1])
+    norm.eval()
+    torch.testing.assert_close(one, norm(states[:1]))
+    torch.testing.assert_close(norm(states)[:1], one)
+    assert norm.norm.running_mean.abs().max() > 1.0  # it learnt the common vector
 
 
 # ----------------------------------------------------------------------------- processor

@@ -75,6 +75,23 @@ def test_two_processes_hold_identical_weights(shapes_root, tmp_path):
     assert len(set(result.weight_digests)) == 1
 
 
+def test_mllm_lr_applies_to_the_mllm_and_only_to_it(shapes_root, tmp_path):
+    from ppcr.modeling.model import PPCRModel
+    from ppcr.training.ppcr_task import build_train_model
+
+    recipe = small_recipe(shapes_root, "train.max_steps=3", "train.lr=3e-3", "train.mllm_lr=1e-12")
+    train_ppcr(recipe, tmp_path / "run", progress=False)
+    torch.manual_seed(recipe.seed)  # the trainer builds the model from the same seed
+    start = build_train_model(recipe).model.state_dict()
+    end = PPCRModel.from_pretrained(tmp_path / "run" / "final").state_dict()
+
+    def moved(prefix: str) -> float:
+        return max((end[k] - start[k]).abs().max().item() for k in start if k.startswith(prefix))
+
+    assert moved("llm.") < 1e-6 and moved("token_rows.") < 1e-6  # LLaVA incl. LoRA: at 1e-12
+    assert moved("box_head.") > 1e-4 and moved("sam.mask_decoder.") > 1e-4  # the rest: at lr
+
+
 class _Interrupt(Exception):
     pass
 

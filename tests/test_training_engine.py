@@ -24,6 +24,7 @@ from ppcr.training.checkpointing import clean_run_temporaries, trainable_digest
 from ppcr.training.data import ResumableDistributedSampler
 from ppcr.training.deepspeed_config import build_deepspeed_config, resolve_precision
 from ppcr.training.errors import NonFiniteLossError, TrainingError, error_from_dict, error_to_dict
+from ppcr.training.param_groups import optimizer_groups
 from ppcr.training.plan import make_plan
 from ppcr.training.result import TrainResult
 from ppcr.training.run import _collect, train
@@ -203,6 +204,19 @@ def test_deepspeed_config_matches_the_recipe():
     assert config["gradient_clipping"] == 1.0
     assert config["bf16"]["enabled"] is True
     assert resolve_precision("bf16", "cpu") == "fp32"
+
+
+def test_per_group_learning_rates_reach_the_scheduler_and_need_a_model_that_splits():
+    recipe = make_recipe()
+    plan = make_plan(recipe.train, world_size=1, num_samples=64)
+    config = build_deepspeed_config(recipe.train, plan, "fp32", group_lrs=[1e-2, 1e-4])
+    assert config["scheduler"]["params"]["warmup_max_lr"] == [1e-2, 1e-4]
+    model = StandInFactory()(None)
+    groups = optimizer_groups(model, recipe.train)
+    assert len(groups) == 1 and groups[0]["lr"] == 1e-2
+    assert len(groups[0]["params"]) == len([p for p in model.parameters() if p.requires_grad])
+    with pytest.raises(TrainingError, match="does not say which parameters are the MLLM's"):
+        optimizer_groups(model, make_recipe(mllm_lr=1e-4).train)
 
 
 def test_rank_errors_travel_as_their_own_class():

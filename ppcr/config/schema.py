@@ -12,6 +12,7 @@ from typing import Literal, Optional
 
 SpatialPrompt = Literal["none", "expression", "expression+semantic", "semantic"]
 SpatialHead = Literal["mlp", "attn"]
+HeadNorm = Literal["none", "batch"]
 BoxSource = Literal["predicted", "gt"]
 SamSize = Literal["vit_h", "vit_l", "vit_b", "tiny"]
 ModelSize = Literal["7b", "tiny"]
@@ -85,6 +86,8 @@ class ModelSpec:
     """Architecture and the PPCR variant knobs of DESIGN §2.
 
     ``max_length`` bounds the text tokens of one stage's prompt (the image tokens come on top).
+    ``head_norm: batch`` standardises h_sem and P_box^seg per feature before the heads; it is not
+    in the paper (its pretrained LLM does not need it) and helps a randomly initialised tiny LLM.
     ``clip_pad_to_square``: LLaVA-1.5 pads the image to a square before CLIP (True); GLaMM
     centre-crops (False). ``attn_implementation`` is passed to transformers.
     """
@@ -94,6 +97,7 @@ class ModelSpec:
     spatial_prompt: SpatialPrompt = "semantic"
     spatial_head: SpatialHead = "mlp"
     attn_head: AttnHeadSpec = field(default_factory=AttnHeadSpec)
+    head_norm: HeadNorm = "none"
     lora: LoraSpec = field(default_factory=LoraSpec)
     max_length: int = 512
     clip_pad_to_square: bool = True
@@ -148,6 +152,9 @@ class TrainSpec:
     micro_batch_size: int = 2
     max_steps: Optional[int] = None
     lr: float = 3e-4
+    # Learning rate of the MLLM's trainable parameters (LoRA adapters, added token rows and any
+    # unfrozen LLaVA part); null = ``lr``. The heads and SAM always use ``lr``.
+    mllm_lr: Optional[float] = None
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     scheduler: Literal["WarmupDecayLR"] = "WarmupDecayLR"

@@ -179,6 +179,10 @@ def _saved_module_names(spec: ModelSpec) -> set[str]:
         names.add("sem_to_input")
     if spec.spatial_prompt != "none":
         names.add("box_head")
+    if spec.head_norm == "batch":
+        names.add("h_sem_norm")
+        if spec.spatial_prompt != "none":
+            names.add("p_box_norm")
     return names
 
 

@@ -8,6 +8,8 @@
   Linear → ReLU → Linear(·, 4) → sigmoid (eq. 4).
 - :class:`AttnBoxHead` — Table 3's attention-based alternative: P_box^seg is the query of a stack
   of self-attention + cross-attention layers over the image tokens (the projector outputs).
+- :class:`StateStandardiser` — optional (``model.head_norm: batch``) per-feature standardisation
+  of h_sem and P_box^seg before the heads, for a randomly initialised LLM (not in the paper).
 """
 
 from __future__ import annotations
@@ -25,6 +27,28 @@ class SemanticProjection(nn.Sequential):
 
     def __init__(self, hidden: int, sam_dim: int):
         super().__init__(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, sam_dim))
+
+
+class StateStandardiser(nn.Module):
+    """Per-feature standardisation of LLM states before a head (``BatchNorm1d`` without affine).
+
+    Why: a randomly initialised LLM's states at the [SEG]/[BOX] positions are nearly one common
+    vector (per-sample spread ~0.16 of their RMS), so a head sees almost the same input for every
+    sample and learns slowly; standardising each feature over the batch removes that common part
+    (benchmarks/probe_shapes_learning.py, ``memorise``). Running statistics serve evaluation and
+    single-sample training batches alike.
+    """
+
+    def __init__(self, hidden: int, momentum: float = 0.01):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(hidden, affine=False, momentum=momentum)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        if self.training and states.shape[0] < 2:
+            # Batch statistics of one sample are undefined: use the running ones.
+            norm = self.norm
+            return nn.functional.batch_norm(states, norm.running_mean, norm.running_var, eps=norm.eps)
+        return self.norm(states)
 
 
 class BoxMLP(nn.Sequential):

@@ -8,6 +8,7 @@ Stage 2 (adapter ``spatial``) reads the spatial conversation, whose ``<sem>`` in
 replaced by ``sem_to_input(h_sem)`` (variants ``semantic`` and ``expression+semantic``; the
 ``expression`` variant has no ``<sem>``; ``none`` has no stage 2). P_box is the hidden state
 before ``[BOX]``; the box head maps it to a normalised xyxy box of the original image.
+With ``model.head_norm: batch`` h_sem and P_box are standardised per feature before the heads.
 
 Stage 3: SAM's frozen image encoder, its frozen prompt encoder fed the box (two corner tokens,
 corners ordered and scaled into SAM's resized frame) followed by the semantic prompt as one
@@ -36,7 +37,7 @@ from ppcr.modeling import losses as L
 from ppcr.modeling.adapters import SEMANTIC, SPATIAL, AdapterSet
 from ppcr.modeling.batch import ImageInputs, PPCRBatch, StageInputs, TextInputs
 from ppcr.modeling.config import BaseWeights, PromptFormat, TokenIds
-from ppcr.modeling.heads import AttnBoxHead, BoxMLP, SemanticProjection
+from ppcr.modeling.heads import AttnBoxHead, BoxMLP, SemanticProjection, StateStandardiser
 from ppcr.modeling.llava import ensure_vocab_rows, image_seq_length
 from ppcr.modeling.token_rows import AddedTokenRows
 
@@ -165,6 +166,9 @@ class PPCRModel(nn.Module):
                 self.box_head = AttnBoxHead(hidden, self.image_seq_length, dim, head.layers, head.heads, head.mlp_ratio)
             else:
                 self.box_head = BoxMLP(hidden)
+        standardise = spec.head_norm == "batch"
+        self.h_sem_norm = StateStandardiser(hidden) if standardise else None
+        self.p_box_norm = StateStandardiser(hidden) if standardise and self.box_head is not None else None
         self.sam_transform = SamTransform(target_length=self.sam_image_size)
         self._set_trainable()
 
@@ -205,6 +209,9 @@ class PPCRModel(nn.Module):
             paths["sem_to_input"] = "sem_to_input"
         if self.box_head is not None:
             paths["box_head"] = "box_head"
+        for name in ("h_sem_norm", "p_box_norm"):
+            if getattr(self, name) is not None:
+                paths[name] = name
         return paths
 
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -505,7 +512,8 @@ class PPCRModel(nn.Module):
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         h_sem = hidden[rows, _positions_before(semantic.input_ids, self.token_ids.seg, "[SEG]")]
         ce_sum, ce_count = self._answer_ce(hidden, semantic.labels) if compute_ce else (None, 0)
-        semantic_prompt = self.semantic_proj(h_sem)
+        head_sem = self.h_sem_norm(h_sem) if self.h_sem_norm is not None else h_sem
+        semantic_prompt = self.semantic_proj(head_sem)
 
         # Stage 2: spatial grounding.
         boxes = p_box = None
@@ -513,10 +521,11 @@ class PPCRModel(nn.Module):
             if text.spatial is None:
                 raise PPCRError(f"spatial_prompt={self.spec.spatial_prompt!r} needs spatial prompts")
             spatial = text.spatial
-            sem_input = self.sem_to_input(h_sem) if self.sem_to_input is not None else None
+            sem_input = self.sem_to_input(head_sem) if self.sem_to_input is not None else None
             hidden2 = self._stage_hidden(SPATIAL, spatial, features.clip_tokens, image_index, sem_input, share_prefix)
             p_box = hidden2[rows, _positions_before(spatial.input_ids, self.token_ids.box, "[BOX]")]
-            boxes = self.box_head(p_box, features.clip_tokens[image_index])
+            head_box = self.p_box_norm(p_box) if self.p_box_norm is not None else p_box
+            boxes = self.box_head(head_box, features.clip_tokens[image_index])
             if compute_ce:
                 ce2, count2 = self._answer_ce(hidden2, spatial.labels)
                 ce_sum, ce_count = ce_sum + ce2, ce_count + count2

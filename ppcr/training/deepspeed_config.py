@@ -9,7 +9,7 @@ compiled just-in-time on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from ppcr.config.schema import TrainSpec
 from ppcr.training.plan import TrainingPlan
@@ -26,8 +26,15 @@ def resolve_precision(requested: str, device_type: str) -> str:
     return requested if device_type == "cuda" else "fp32"
 
 
-def build_deepspeed_config(train: TrainSpec, plan: TrainingPlan, precision: str) -> dict[str, Any]:
-    """DeepSpeed's config dict for ``plan`` (``precision`` as returned by :func:`resolve_precision`)."""
+def build_deepspeed_config(
+    train: TrainSpec, plan: TrainingPlan, precision: str, group_lrs: Optional[list[float]] = None
+) -> dict[str, Any]:
+    """DeepSpeed's config dict for ``plan`` (``precision`` as returned by :func:`resolve_precision`).
+
+    ``group_lrs``: the peak learning rate of each optimizer parameter group, when the model gives
+    several (WarmupDecayLR would otherwise warm every group up to ``train.lr``).
+    """
+    peak: float | list[float] = [float(lr) for lr in group_lrs] if group_lrs else float(train.lr)
     return {
         "train_batch_size": plan.batch_size,
         "train_micro_batch_size_per_gpu": plan.micro_batch_size,
@@ -49,7 +56,7 @@ def build_deepspeed_config(train: TrainSpec, plan: TrainingPlan, precision: str)
             "params": {
                 "total_num_steps": plan.total_steps,
                 "warmup_min_lr": 0.0,
-                "warmup_max_lr": float(train.lr),
+                "warmup_max_lr": peak,
                 "warmup_num_steps": plan.warmup_steps,
                 "warmup_type": "linear",
             },

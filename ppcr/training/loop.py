@@ -11,6 +11,7 @@ Model contract (the PPCR model and the tests' stand-in both follow it):
   ``from_pretrained(directory)`` reads it back with no DeepSpeed involved.
 * Trainable parameters are those with ``requires_grad``; frozen ones must be rebuilt identically
   by the factory (they are not part of the resumable state).
+* Optional ``model.is_mllm_parameter(name)``: which parameters ``train.mllm_lr`` applies to.
 
 Per optimizer step, each rank runs ``grad_accum`` micro-batches (forward, finiteness check,
 ``engine.backward``, ``engine.step``; DeepSpeed applies the update at the last one). The
@@ -48,6 +49,7 @@ from ppcr.training.distributed import DistEnv, all_gather_objects, all_reduce_su
 from ppcr.training.errors import NonFiniteLossError, TrainingError
 from ppcr.training.layout import CHECKPOINTS_DIR, FINAL_DIR, METRICS_FILE, RECIPE_FILE, STATE_DIR
 from ppcr.training.metrics import MetricsLog, collect_env, truncate_metrics, write_env
+from ppcr.training.param_groups import optimizer_groups
 from ppcr.training.plan import TrainingPlan, make_plan
 from ppcr.training.request import RunRequest, resolve_callable
 from ppcr.training.result import TrainResult
@@ -112,12 +114,9 @@ class Trainer:
 
         import deepspeed
 
-        self.ds_config = build_deepspeed_config(train, self.plan, self.precision)
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=self.ds_config,
-        )
+        groups = optimizer_groups(model, train)
+        self.ds_config = build_deepspeed_config(train, self.plan, self.precision, [g["lr"] for g in groups])
+        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=self.ds_config)
 
         resumed_from: int | None = None
         if self.request.resume:

@@ -80,6 +80,8 @@ def check_train_spec(train: TrainSpec, world_size: int) -> int:
         raise _fail("max_steps", f"must be at least 1 (or null), got {train.max_steps}")
     if not (math.isfinite(train.lr) and train.lr > 0):
         raise _fail("lr", f"must be a positive number, got {train.lr}")
+    if train.mllm_lr is not None and not (math.isfinite(train.mllm_lr) and train.mllm_lr > 0):
+        raise _fail("mllm_lr", f"must be a positive number (or null), got {train.mllm_lr}")
     if not (math.isfinite(train.weight_decay) and train.weight_decay >= 0):
         raise _fail("weight_decay", f"must be ≥ 0, got {train.weight_decay}")
     if len(train.betas) != 2 or not all(0.0 <= b < 1.0 for b in train.betas):

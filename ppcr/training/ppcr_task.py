@@ -114,6 +114,10 @@ class PPCRTrainModule(nn.Module):
         device = next(self.model.parameters()).device
         return self.model(batch.to(device))
 
+    def is_mllm_parameter(self, name: str) -> bool:
+        """LLaVA's parameters (LoRA adapters and any unfrozen base) and the added token rows."""
+        return name.startswith(("model.llm.", "model.token_rows."))
+
     def save_pretrained(self, directory: str | Path, state_dict: Optional[dict[str, torch.Tensor]] = None) -> Path:
         from ppcr.config.loading import recipe_to_dict
 
