@@ -278,6 +278,22 @@ def test_box_source_gt_feeds_the_ground_truth_box_to_sam(semantic_model, batch):
     model.train()
 
 
+def test_gt_box_rows_teacher_force_only_their_samples_and_keep_the_box_loss(semantic_model, batch):
+    model = semantic_model.eval()
+    rows = torch.tensor([True, False, False, True])
+    with torch.no_grad():
+        plain = model(batch)
+        mixed = model(batch, gt_box_rows=rows)
+        oracle = model(batch, box_source="gt")
+    for i, forced in enumerate(rows.tolist()):
+        source = oracle if forced else plain
+        torch.testing.assert_close(mixed.mask_logits[i], source.mask_logits[i])
+    assert not torch.allclose(mixed.mask_logits[0], plain.mask_logits[0])
+    torch.testing.assert_close(mixed.boxes, plain.boxes)  # the head's own boxes, for the L1 term
+    torch.testing.assert_close(mixed.losses["l1"], plain.losses["l1"])
+    model.train()
+
+
 def test_sam_sparse_prompt_is_box_corners_then_the_semantic_token(semantic_model, batch):
     model = semantic_model.eval()
     sparse: list[torch.Tensor] = []

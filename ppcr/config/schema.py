@@ -155,6 +155,10 @@ class TrainSpec:
     # Learning rate of the MLLM's trainable parameters (LoRA adapters, added token rows and any
     # unfrozen LLaVA part); null = ``lr``. The heads and SAM always use ``lr``.
     mllm_lr: Optional[float] = None
+    # Share of training samples whose SAM gets the ground-truth box instead of the predicted one
+    # (teacher forcing, drawn per sample). 0 is the paper; a from-scratch SAM otherwise never sees
+    # a box good enough to learn box → mask from.
+    gt_box_rate: float = 0.0
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     scheduler: Literal["WarmupDecayLR"] = "WarmupDecayLR"

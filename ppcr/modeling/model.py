@@ -497,6 +497,7 @@ class PPCRModel(nn.Module):
         gt_boxes: Optional[torch.Tensor],
         share_prefix: bool,
         compute_ce: bool,
+        gt_box_rows: Optional[torch.Tensor] = None,
     ) -> PPCRPrediction:
         image_index = text.image_index.to(features.clip_tokens.device)
         if int(image_index.max()) >= len(features) or int(image_index.min()) < 0:
@@ -532,6 +533,11 @@ class PPCRModel(nn.Module):
 
         # Stage 3: instance segmentation.
         sam_input = gt_boxes.to(h_sem.device) if box_source == "gt" else boxes
+        if gt_box_rows is not None and boxes is not None and box_source == "predicted":
+            if gt_boxes is None:
+                raise PPCRError("gt_box_rows needs ground-truth boxes")
+            rows_gt = gt_box_rows.to(boxes.device).view(-1, 1)
+            sam_input = torch.where(rows_gt, gt_boxes.to(boxes), boxes)
         mask_logits, iou, sam_boxes = self._sam_masks(features, image_index, semantic_prompt, sam_input)
         scores = torch.stack([_mask_confidence(m) for m in mask_logits])
         return PPCRPrediction(
@@ -566,11 +572,15 @@ class PPCRModel(nn.Module):
             features, text, box_source=box_source, gt_boxes=gt_boxes, share_prefix=share_prefix, compute_ce=False
         )
 
-    def forward(self, batch: PPCRBatch, box_source: BoxSource = "predicted") -> PPCROutput:
+    def forward(
+        self, batch: PPCRBatch, box_source: BoxSource = "predicted", gt_box_rows: Optional[torch.Tensor] = None
+    ) -> PPCROutput:
         """Training forward: predictions plus ``loss = λ·(bce, dice, l1, ce)`` (DESIGN §3).
 
         Terms without ground truth in the batch are left out (no masks → no bce/dice; no boxes
-        or no spatial stage → no l1).
+        or no spatial stage → no l1). ``gt_box_rows`` (bool per sample): those samples' SAM gets
+        the ground-truth box instead of the predicted one (``train.gt_box_rate``, teacher forcing);
+        the box head is still trained on its own prediction by the L1 term.
         """
         features = self._encode_images(batch.images)
         prediction = self._predict(
@@ -580,6 +590,7 @@ class PPCRModel(nn.Module):
             gt_boxes=batch.gt_boxes,
             share_prefix=False,
             compute_ce=True,
+            gt_box_rows=gt_box_rows,
         )
         terms: dict[str, torch.Tensor] = {}
         if batch.gt_masks is not None:

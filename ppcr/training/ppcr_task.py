@@ -112,7 +112,11 @@ class PPCRTrainModule(nn.Module):
         rng = random.Random("|".join(i.template_seed for i in items))
         batch = self.processor(samples, rng=rng)
         device = next(self.model.parameters()).device
-        return self.model(batch.to(device))
+        rate = self.recipe.train.gt_box_rate
+        gt_box_rows = None
+        if self.training and rate > 0:  # drawn from the same per-batch seed: resumes replay it
+            gt_box_rows = torch.tensor([rng.random() < rate for _ in items])
+        return self.model(batch.to(device), gt_box_rows=gt_box_rows)
 
     def is_mllm_parameter(self, name: str) -> bool:
         """LLaVA's parameters (LoRA adapters and any unfrozen base) and the added token rows."""
