@@ -133,7 +133,12 @@ def print_results(results, out_dir: Path) -> None:
 
 
 ModelOpt = Annotated[
-    Path, typer.Option("--model", help="PPCR checkpoint directory (save_pretrained / ppcr train output).")
+    Optional[Path],
+    typer.Option(
+        "--model",
+        help="PPCR checkpoint directory (save_pretrained / ppcr train output) "
+        "[default: the embedded Shapes-Ref model, evaluated into runs/ppcr-shapes-tiny/].",
+    ),
 ]
 DatasetOpt = Annotated[
     str, typer.Option("--dataset", help="refcoco, refcoco+, refcocog, shapes, shapes+ or shapesg.")
@@ -180,9 +185,9 @@ DeviceOpt = Annotated[
 
 
 def eval_command(
-    model: ModelOpt,
     dataset: DatasetOpt,
     split: SplitOpt,
+    model: ModelOpt = None,
     data_root: DataRootOpt = None,
     images: ImagesOpt = None,
     box_source: BoxSourceOpt = "predicted",
@@ -198,6 +203,8 @@ def eval_command(
     Writes metrics.json, per_sentence.csv (and with --save-vis the Fig. 6 panels) per split.
 
     Examples:
+
+      ppcr eval --dataset shapes --split val            (the embedded model)
 
       ppcr eval --model runs/shapes/final --dataset shapes --split val --split testA --split testB
 
@@ -218,6 +225,10 @@ def eval_command(
         raise PPCRError(f"--batch-size must be at least 1, got {batch_size}")
     if save_vis < 0:
         raise PPCRError(f"--save-vis must be 0 or more, got {save_vis}")
+    from ppcr.evaluation.runs import embedded_run_dir, record_embedded_run
+    from ppcr.inference.model_source import resolve_model_dir
+
+    model = resolve_model_dir(model)
     config = _check_model_dir(model)
     spec = get_dataset(dataset)
     splits = list(dict.fromkeys(split))
@@ -227,6 +238,10 @@ def eval_command(
     for name in splits:  # every split's annotations and images are checked before the model loads
         load_split(dataset, name, root, images)
     destination = out_dir if out_dir is not None else default_eval_dir(model, box_source)
+
+    embedded = embedded_run_dir(model)
+    if embedded is not None and out_dir is None:
+        record_embedded_run(embedded, config.recipe)
 
     from ppcr.evaluation.evaluate import evaluate_many
 

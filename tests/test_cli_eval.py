@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import typer
@@ -88,6 +89,30 @@ def test_default_output_folder_follows_the_run_layout(tmp_path):
     assert default_eval_dir(run_dir) == run_dir / "eval"
     step = run_dir / "checkpoints" / "step_000100"
     assert default_eval_dir(step) == step / "eval"  # intermediate checkpoints keep their own
+
+
+def test_without_model_the_embedded_one_is_scored_into_its_own_run_folder(
+    checkpoint, small_shapes_root, tmp_path, monkeypatch, capsys
+):
+    """The embedded model's package folder is never written: its evaluations go to
+    runs/<name>/, which gets the model's recipe so `ppcr tables --runs runs` lists them."""
+    from ppcr.inference import model_source
+
+    embedded = tmp_path / "site-packages" / "ppcr-shapes-tiny"
+    embedded.parent.mkdir()
+    shutil.copytree(checkpoint, embedded)
+    monkeypatch.setattr(model_source, "DEFAULT_MODEL", embedded)
+    monkeypatch.chdir(tmp_path)
+    code = _in_process("eval", "--dataset", "shapes", "--split", "val", "--data-root", str(small_shapes_root),
+                       "--device", "cpu")
+    assert code == 0, capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "ppcr-shapes-tiny"
+    metrics = json.loads((run_dir / "eval" / "shapes_val" / "metrics.json").read_text())
+    assert metrics["count"] > 0 and not (embedded / "eval").exists()
+    assert (run_dir / "recipe.yaml").is_file()
+    capsys.readouterr()
+    assert _in_process("tables", "--runs", "runs", "--format", "csv") == 0
+    assert "ppcr-shapes-tiny" in capsys.readouterr().out
 
 
 def test_bad_inputs_are_one_line_errors(checkpoint, small_shapes_root, tmp_path):

@@ -19,6 +19,7 @@ RECIPE_FILE = "recipe.yaml"
 EVAL_DIR = "eval"
 EVAL_GT_DIR = "eval-gt"
 MAX_DEPTH = 3  # how far below --runs a run directory is looked for
+EMBEDDED_RUNS = Path("runs")  # where evaluations of the embedded default model go
 
 
 def run_dir_of(model_dir: str | Path) -> Optional[Path]:
@@ -31,11 +32,38 @@ def run_dir_of(model_dir: str | Path) -> Optional[Path]:
     return None
 
 
+def embedded_run_dir(model_dir: str | Path) -> Optional[Path]:
+    """``runs/<name>`` (relative to the working directory) for the model shipped in the package,
+    whose own folder is not a place to write; ``None`` for any other model."""
+    from ppcr.inference.model_source import DEFAULT_MODEL
+
+    try:
+        if Path(model_dir).resolve() != DEFAULT_MODEL.resolve():
+            return None
+    except OSError:
+        return None
+    return EMBEDDED_RUNS / DEFAULT_MODEL.name
+
+
 def default_eval_dir(model_dir: str | Path, box_source: str = "predicted") -> Path:
     """Where ``ppcr eval`` writes by default: ``<run>/eval`` (``eval-gt`` for the oracle), the run
-    being found by :func:`run_dir_of`; a checkpoint outside a run gets ``<model dir>/eval``."""
-    base = run_dir_of(model_dir) or Path(model_dir)
+    being found by :func:`run_dir_of` (``runs/<name>`` for the embedded model); a checkpoint
+    outside a run gets ``<model dir>/eval``."""
+    base = run_dir_of(model_dir) or embedded_run_dir(model_dir) or Path(model_dir)
     return base / (EVAL_GT_DIR if box_source == "gt" else EVAL_DIR)
+
+
+def record_embedded_run(run_dir: Path, recipe: Optional[dict]) -> None:
+    """Give the embedded model's ``runs/<name>`` the recipe it was trained with (from its
+    ``config.json``), so ``ppcr tables --runs runs`` lists its evaluations like any run's."""
+    import yaml
+
+    from ppcr.io import atomic_write_text
+
+    if recipe is None or (run_dir / RECIPE_FILE).is_file():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None))
 
 
 @dataclass
