@@ -100,7 +100,7 @@ def test_without_model_the_embedded_one_is_scored_into_its_own_run_folder(
 
     embedded = tmp_path / "site-packages" / "ppcr-shapes-tiny"
     embedded.parent.mkdir()
-    shutil.copytree(checkpoint, embedded)
+    shutil.copytree(checkpoint, embedded, ignore=shutil.ignore_patterns("eval*"))  # other tests write eval/
     monkeypatch.setattr(model_source, "DEFAULT_MODEL", embedded)
     monkeypatch.chdir(tmp_path)
     code = _in_process("eval", "--dataset", "shapes", "--split", "val", "--data-root", str(small_shapes_root),
