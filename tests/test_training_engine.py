@@ -94,6 +94,8 @@ def never_called(recipe):
         (dict(betas=[0.9]), 1, "train.betas"),
         (dict(max_steps=0), 1, "train.max_steps"),
         (dict(save_every=0), 1, "train.save_every"),
+        (dict(mllm_lr=-1e-4), 1, "train.mllm_lr"),
+        (dict(gt_box_rate=1.5), 1, "train.gt_box_rate"),
     ],
 )
 def test_bad_train_config_fails_before_any_work(tmp_path, overrides, nproc, expected):
