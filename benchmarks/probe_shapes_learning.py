@@ -13,10 +13,11 @@ the pipeline apart so a change can be judged in minutes rather than by a full tr
 * ``memorise``: box loss only, ``--images`` distinct training images, each with one target and the
   same text ("the shape"): can image → LLM → box head fit even a handful of boxes?
 
-Two knobs test remedies: ``--base-lr`` trains everything except the heads and SAM (the LLM, CLIP,
-projector, embeddings, LoRA) at its own learning rate; ``--standardise-heads`` puts a
-``BatchNorm1d(affine=False)`` in front of the box head, ``semantic_proj`` and ``sem_to_input``
-(the LLM's states at those positions share a large common component).
+Two knobs test remedies: ``--base-lr`` trains the MLLM (the LLM, CLIP, projector, embeddings,
+LoRA, added token rows) at its own learning rate (default: the recipe's ``train.mllm_lr``);
+``--standardise-heads`` puts a ``BatchNorm1d(affine=False)`` in front of the box head,
+``semantic_proj`` and ``sem_to_input`` (the recipe's ``model.head_norm: batch`` does the same inside
+the model, so use one or the other).
 
 Usage (Shapes-Ref in data/shapes, ``ppcr prepare shapes --out data/shapes``)::
 
@@ -75,9 +76,6 @@ def standardise_heads(model) -> None:
         head = getattr(model, name)
         if head is not None:
             setattr(model, name, Standardised(head, model.hidden_size))
-
-
-HEAD_PARAMETERS = ("box_head", "semantic_proj", "sem_to_input", "sam.")
 
 
 def memorise_items(data: ReferTrainDataset, count: int) -> list[TrainItem]:
@@ -146,7 +144,9 @@ def main() -> None:
     parser.add_argument("--eval-sentences", type=int, default=480)
     parser.add_argument("--tag", default="run")
     parser.add_argument("--images", type=int, default=64, help="memorise: how many images")
-    parser.add_argument("--base-lr", type=float, default=None, help="lr of everything but heads and SAM")
+    parser.add_argument(
+        "--base-lr", type=float, default=None, help="lr of the MLLM (default: the recipe's train.mllm_lr, else train.lr)"
+    )
     parser.add_argument("--standardise-heads", action="store_true")
     args = parser.parse_intermixed_args()
 
@@ -169,9 +169,10 @@ def main() -> None:
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     train = recipe.train
-    heads = [p for n, p in named if any(key in n for key in HEAD_PARAMETERS)]
-    rest = [p for n, p in named if not any(key in n for key in HEAD_PARAMETERS)]
-    groups = [{"params": heads, "lr": train.lr}, {"params": rest, "lr": args.base_lr or train.lr}]
+    heads = [p for n, p in named if not module.is_mllm_parameter(n)]
+    rest = [p for n, p in named if module.is_mllm_parameter(n)]
+    base_lr = args.base_lr or train.mllm_lr or train.lr
+    groups = [{"params": heads, "lr": train.lr}, {"params": rest, "lr": base_lr}]
     optimizer = torch.optim.AdamW(groups, betas=tuple(train.betas), weight_decay=train.weight_decay)
     warmup = max(1, train.warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -204,7 +205,7 @@ def main() -> None:
     result = {
         "probe": args.probe,
         "overrides": args.overrides,
-        "base_lr": args.base_lr,
+        "base_lr": base_lr,
         "standardise_heads": args.standardise_heads,
         "steps": args.steps,
         "batch_size": recipe.train.batch_size,

@@ -90,6 +90,9 @@ def test_mllm_lr_applies_to_the_mllm_and_only_to_it(shapes_root, tmp_path):
 
     assert moved("llm.") < 1e-6 and moved("token_rows.") < 1e-6  # LLaVA incl. LoRA: at 1e-12
     assert moved("box_head.") > 1e-4 and moved("sam.mask_decoder.") > 1e-4  # the rest: at lr
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    heads, mllm = rows[-1]["group_lrs"]
+    assert heads == rows[-1]["lr"] and mllm == pytest.approx(heads * 1e-12 / 3e-3)  # same schedule
 
 
 class _Interrupt(Exception):

@@ -216,7 +216,7 @@ class Trainer:
             batches = iter(loader)
             while self.step < plan.total_steps and self.step // plan.steps_per_epoch == epoch:
                 step_started = time.perf_counter()
-                lr = float(engine.get_lr()[0])
+                lrs = [float(value) for value in engine.get_lr()]  # one per parameter group
                 step_sum = None
                 for micro in range(plan.grad_accum):
                     batch = move_to_device(next(batches), device)
@@ -234,7 +234,7 @@ class Trainer:
                 samples_done += plan.batch_size
                 window.add(step_sum / (plan.grad_accum * plan.world_size), elapsed, plan.batch_size)
                 if self.step % plan.log_every == 0 or self.step == plan.total_steps:
-                    last_row = self._log_row(window, lr, epoch)
+                    last_row = self._log_row(window, lrs, epoch)
                     window = _Window()
                 if self.metrics is not None:
                     self.metrics.advance(self.step)
@@ -297,18 +297,22 @@ class Trainer:
             hint=f"{kept}; lower train.lr or check the data of this step",
         )
 
-    def _log_row(self, window: "_Window", lr: float, epoch: int) -> dict[str, Any]:
+    def _log_row(self, window: "_Window", lrs: list[float], epoch: int) -> dict[str, Any]:
+        """One metrics row; ``lr`` is the first parameter group's, ``group_lrs`` all of them when
+        there are several (``train.mllm_lr``)."""
         mean = window.mean()
         row = {
             "step": self.step,
             "epoch": epoch,
-            "lr": lr,
+            "lr": lrs[0],
             "loss": mean[0],
             "losses": {name: mean[i + 1] for i, name in enumerate(self.term_names or [])},
             "samples_per_s": window.samples / window.seconds if window.seconds > 0 else 0.0,
             "steps_in_window": window.steps,
             "time": time.time(),
         }
+        if len(lrs) > 1:
+            row["group_lrs"] = lrs
         if self.metrics is not None:
             self.metrics.log(row)
         return row
