@@ -56,14 +56,12 @@ def default_eval_dir(model_dir: str | Path, box_source: str = "predicted") -> Pa
 def record_embedded_run(run_dir: Path, recipe: Optional[dict]) -> None:
     """Give the embedded model's ``runs/<name>`` the recipe it was trained with (from its
     ``config.json``), so ``ppcr tables --runs runs`` lists its evaluations like any run's."""
-    import yaml
-
-    from ppcr.io import atomic_write_text
+    from ppcr.config.loading import recipe_from_dict, save_recipe
 
     if recipe is None or (run_dir / RECIPE_FILE).is_file():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None))
+    save_recipe(recipe_from_dict(recipe), run_dir / RECIPE_FILE)
 
 
 @dataclass
