@@ -13,6 +13,7 @@ from typing import Literal, Optional
 SpatialPrompt = Literal["none", "expression", "expression+semantic", "semantic"]
 SpatialHead = Literal["mlp", "attn"]
 HeadNorm = Literal["none", "batch"]
+PositionInit = Literal["random", "sincos"]
 BoxSource = Literal["predicted", "gt"]
 SamSize = Literal["vit_h", "vit_l", "vit_b", "tiny"]
 ModelSize = Literal["7b", "tiny"]
@@ -55,7 +56,11 @@ class TinySpec:
     Same classes as the real model (CLIP vision tower, Llama, SAM), small widths. The tokenizer is
     a byte-level BPE trained on the Shapes-Ref words and the prompt templates; ``vocab_size`` is
     its size before the PPCR tokens are added. ``attn_head_dim`` replaces ``attn_head.dim`` for
-    the tiny model (the ablation overlays set only ``spatial_head``).
+    the tiny model (the ablation overlays set only ``spatial_head``). ``init_std`` is the normal
+    init's std of the tiny LLM's weights and of CLIP's patch and position embeddings (transformers'
+    ``initializer_range``). ``clip_position_init: sincos`` starts CLIP's learned position
+    embeddings as 2-D sine-cosine codes (as MAE's ViT) instead of small random vectors, so image
+    tokens carry their position from the first step, as a pretrained CLIP's do.
     """
 
     image_size: int = 64
@@ -79,6 +84,8 @@ class TinySpec:
     sam_decoder_mlp_dim: int = 256
     sam_decoder_heads: int = 4
     attn_head_dim: int = 64
+    init_std: float = 0.02
+    clip_position_init: PositionInit = "random"
 
 
 @dataclass

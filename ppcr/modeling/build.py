@@ -109,6 +109,10 @@ def _build_random(recipe: Recipe) -> "PPCRModel":
         token_ids = add_ppcr_tokens(tokenizer)
         config = llava_7b_config()
     llava = build_llava(config, spec.attn_implementation)
+    if spec.size == "tiny" and spec.tiny.clip_position_init == "sincos":
+        from ppcr.modeling.position_init import init_clip_positions_sincos
+
+        init_clip_positions_sincos(llava.model.vision_tower)
     sam = build_sam(sam_architecture(spec.sam, spec.tiny))
     base = BaseWeights(kind="stored", llava=None, sam=None)
     return PPCRModel(spec, llava, sam, token_ids, tokenizer=tokenizer, base=base, loss_weights=recipe.loss)

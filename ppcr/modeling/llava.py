@@ -100,6 +100,7 @@ def tiny_llava_config(tiny: TinySpec, vocab_size: int, token_ids: TokenIds) -> "
         eos_token_id=token_ids.eos,
         pad_token_id=token_ids.pad,
         tie_word_embeddings=False,
+        initializer_range=tiny.init_std,
     )
     vision = CLIPVisionConfig(
         hidden_size=tiny.clip_hidden,
@@ -111,6 +112,7 @@ def tiny_llava_config(tiny: TinySpec, vocab_size: int, token_ids: TokenIds) -> "
         projection_dim=tiny.clip_hidden,
         hidden_act="quick_gelu",
         layer_norm_eps=1e-5,
+        initializer_range=tiny.init_std,
     )
     grid = tiny.image_size // tiny.clip_patch_size
     return LlavaConfig(
@@ -123,6 +125,7 @@ def tiny_llava_config(tiny: TinySpec, vocab_size: int, token_ids: TokenIds) -> "
         vision_feature_layer=-2,
         multimodal_projector_bias=True,
         tie_word_embeddings=False,
+        initializer_range=tiny.init_std,  # LLaVA's own init (LLM, projector) reads this one
     )
 
 

@@ -1,0 +1,55 @@
+"""The tiny model's initialisation knobs: ``tiny.init_std`` and ``tiny.clip_position_init``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ppcr.config.schema import InitSpec, LoraSpec, ModelSpec, Recipe, TinySpec
+from ppcr.modeling.build import build_model
+from ppcr.modeling.position_init import sincos_2d
+
+
+def tiny_recipe(**tiny) -> Recipe:
+    spec = ModelSpec(size="tiny", sam="tiny", lora=LoraSpec(dropout=0.0), max_length=96, tiny=TinySpec(**tiny))
+    return Recipe(seed=3, model=spec, init=InitSpec(source="random", sam_checkpoint=None))
+
+
+def test_sincos_codes_separate_rows_from_columns_and_every_patch_from_every_other():
+    grid, dim = 6, 16
+    codes = sincos_2d(grid, dim).reshape(grid, grid, dim)
+    y_half, x_half = codes[..., : dim // 2], codes[..., dim // 2 :]
+    assert torch.allclose(y_half, y_half[:, :1].expand_as(y_half))  # y channels: same along a row
+    assert torch.allclose(x_half, x_half[:1].expand_as(x_half))  # x channels: same down a column
+    flat = codes.reshape(grid * grid, dim)
+    distances = torch.cdist(flat, flat) + torch.eye(grid * grid) * 1e3
+    assert float(distances.min()) > 0.1
+    assert torch.allclose(flat.pow(2).sum(1), torch.full((grid * grid,), dim / 2.0))  # sin² + cos²
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(4, 6)
+
+
+def test_clip_position_init_sincos_writes_the_patch_rows_and_keeps_the_cls_row():
+    plain = build_model(tiny_recipe())
+    coded = build_model(tiny_recipe(clip_position_init="sincos"))
+    plain_table = plain.llava.model.vision_tower.embeddings.position_embedding.weight
+    coded_table = coded.llava.model.vision_tower.embeddings.position_embedding.weight
+    grid = TinySpec().image_size // TinySpec().clip_patch_size
+    assert torch.equal(coded_table[1:], sincos_2d(grid, TinySpec().clip_hidden))
+    assert torch.equal(coded_table[0], plain_table[0])  # same seed, CLS row untouched
+    assert float(plain_table[1:].std()) < 0.05  # the default stays transformers' small random init
+
+
+@pytest.mark.parametrize("std", [0.02, 0.08])
+def test_init_std_sets_the_llm_projector_and_clip_embedding_scale(std):
+    model = build_model(tiny_recipe(init_std=std))
+    llava = model.llava.model
+    q_proj = llava.language_model.layers[0].self_attn.q_proj
+    weights = {
+        "llm q_proj": getattr(q_proj, "base_layer", q_proj).weight,
+        "llm embeddings": llava.language_model.embed_tokens.weight,
+        "projector": llava.multi_modal_projector.linear_1.weight,
+        "clip positions": llava.vision_tower.embeddings.position_embedding.weight,
+    }
+    for name, weight in weights.items():
+        assert float(weight.std()) == pytest.approx(std, rel=0.15), name
