@@ -33,7 +33,7 @@ def init_clip_positions_sincos(vision_tower: torch.nn.Module) -> None:
     embeddings = vision_tower.embeddings
     table = embeddings.position_embedding.weight
     patches = table.shape[0] - 1
-    grid = int(round(patches**0.5))
+    grid = round(patches**0.5)
     if grid * grid != patches:
         raise ValueError(f"{patches} patch positions do not form a square grid")
     table[1:] = sincos_2d(grid, table.shape[1]).to(table)
