@@ -1,6 +1,8 @@
-"""The tiny model's initialisation knobs: ``tiny.init_std`` and ``tiny.clip_position_init``."""
+"""The tiny model's initialisation knobs (``tiny.init_std``, ``tiny.clip_position_init``) and size checks."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -53,3 +55,23 @@ def test_init_std_sets_the_llm_projector_and_clip_embedding_scale(std):
     }
     for name, weight in weights.items():
         assert float(weight.std()) == pytest.approx(std, rel=0.15), name
+
+
+@pytest.mark.parametrize(
+    ("tiny", "message"),
+    [
+        ({"image_size": 60}, "model.tiny.image_size: 60 is not divisible by model.tiny.clip_patch_size = 8"),
+        ({"llm_hidden": 130}, "model.tiny.llm_hidden: 130 is not divisible by model.tiny.llm_heads = 4"),
+        ({"sam_heads": 0}, "model.tiny.sam_heads: must be at least 1, got 0"),
+        ({"init_std": -0.1}, "model.tiny.init_std: must be a positive number"),
+        (
+            {"clip_hidden": 66, "clip_heads": 2, "clip_position_init": "sincos"},
+            "model.tiny.clip_hidden: must be divisible by 4 for clip_position_init=sincos",
+        ),
+    ],
+)
+def test_tiny_sizes_that_cannot_build_a_model_are_a_recipe_error_naming_the_key(tiny, message):
+    from ppcr.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        build_model(tiny_recipe(**tiny))

@@ -130,4 +130,7 @@ def test_bad_recipe_or_override_fails_before_any_work(tmp_path):
     _assert_one_line_error(
         run("train", f"data.root={tmp_path / 'nowhere'}", "--out", str(out)), 1, "not found"
     )
+    _assert_one_line_error(
+        run("train", "model.tiny.clip_hidden=66", "--out", str(out)), 1, "model.tiny.clip_hidden: 66 is not divisible"
+    )
     assert not out.exists()

@@ -64,6 +64,10 @@ def build_model(
         raise PPCRError(f"unknown init.source {source!r}; valid: random, llava, checkpoint, glamm")
     if source == "checkpoint" and not recipe.init.checkpoint:
         raise CheckpointError("init.source=checkpoint needs init.checkpoint (a PPCR checkpoint directory)")
+    if source == "random":
+        from ppcr.config.tiny_checks import check_tiny_spec
+
+        check_tiny_spec(recipe.model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         if source == "checkpoint":

@@ -148,6 +148,9 @@ COLLATE = "ppcr.training.ppcr_task:collate_items"
 
 def train_ppcr(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, nproc: int = 1, **kwargs):
     """Train PPCR as ``recipe`` says into ``out_dir`` (what ``ppcr train`` runs)."""
+    from ppcr.config.tiny_checks import check_tiny_spec
     from ppcr.training.run import train
+
+    check_tiny_spec(recipe.model)
 
     return train(recipe, out_dir, MODEL_FACTORY, DATASET_FACTORY, COLLATE, resume=resume, nproc=nproc, **kwargs)
