@@ -66,29 +66,29 @@ def main() -> None:
         samples = [split[j] for j in range(min(args.sentences, len(split)))]
         batch = processor([PPCRSample(load_image(s.image_path), s.text, image_key=s.image_id) for s in samples])
         cells = [target_cells(split.mask(s).astype(np.float32), grid) for s in samples]
+        uniform_share = round(float(np.mean([c.float().mean() for c in cells])), 3)
         with torch.no_grad():
             features = model.encode_images(batch.images)
             image_tokens = features.clip_tokens[batch.text.image_index]
-            stages = [("semantic", batch.text.semantic, ids.seg)]
+            semantic = batch.text.semantic
             semantic_out = stage_attention(
-                model, batch.text.semantic, model._input_embeddings(batch.text.semantic.input_ids, image_tokens, None),
-                SEMANTIC,
+                model, semantic, model._input_embeddings(semantic.input_ids, image_tokens, None), SEMANTIC
             )
-            outputs = {"semantic": semantic_out}
+            stages = [("semantic", semantic, ids.seg, semantic_out)]
             if model.box_head is not None:
                 rows = torch.arange(len(samples))
-                h_sem = semantic_out.last_hidden_state[rows, _positions_before(batch.text.semantic.input_ids, ids.seg, "[SEG]")]
+                h_sem = semantic_out.last_hidden_state[rows, _positions_before(semantic.input_ids, ids.seg, "[SEG]")]
                 head_sem = model.h_sem_norm(h_sem) if model.h_sem_norm is not None else h_sem
                 sem_input = model.sem_to_input(head_sem) if model.sem_to_input is not None else None
                 spatial = batch.text.spatial
-                outputs["spatial"] = stage_attention(
+                spatial_out = stage_attention(
                     model, spatial, model._input_embeddings(spatial.input_ids, image_tokens, sem_input), SPATIAL
                 )
-                stages.append(("spatial", spatial, ids.box))
-        for stage_name, stage, token in stages:
+                stages.append(("spatial", spatial, ids.box, spatial_out))
+        for stage_name, stage, token, out in stages:
             positions = _positions_before(stage.input_ids, token, "x")
             image_slots = stage.input_ids == ids.image
-            for layer, attention in enumerate(outputs[stage_name].attentions):
+            for layer, attention in enumerate(out.attentions):
                 on_image, on_target = [], []
                 for b in range(len(samples)):
                     weights = attention[b, :, positions[b]].mean(0)[image_slots[b]]
@@ -97,7 +97,7 @@ def main() -> None:
                 row = {
                     "attention_on_image": round(float(np.mean(on_image)), 3),
                     "target_share": round(float(np.mean(on_target)), 3),
-                    "uniform_share": round(float(np.mean([c.float().mean() for c in cells])), 3),
+                    "uniform_share": uniform_share,
                 }
                 report[f"{name}/{stage_name}/layer{layer}"] = row
                 print(f"{name:8s} {stage_name:8s} layer {layer}: {json.dumps(row)}", flush=True)
