@@ -9,18 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from ppcr.config.schema import InitSpec, LoraSpec, ModelSpec, Recipe
+from ppcr.config.schema import InitSpec, Recipe
 from ppcr.errors import CheckpointError, PPCRError
 from ppcr.modeling import checkpoint as ckpt
 from ppcr.modeling.build import build_model
 from ppcr.modeling.model import PPCRModel
 from ppcr.modeling.processor import PPCRProcessor, PPCRSample
+from tests.tiny_recipes import tiny_recipe as shared_tiny_recipe
 
 
 def tiny_recipe(init: InitSpec | None = None, **model) -> Recipe:
-    fields = {"size": "tiny", "sam": "tiny", "lora": LoraSpec(dropout=0.0), "max_length": 96, **model}
-    spec = ModelSpec(**fields)
-    return Recipe(seed=5, model=spec, init=init or InitSpec(source="random", sam_checkpoint=None))
+    return shared_tiny_recipe(seed=5, init=init, **model)
 
 
 def samples() -> list[PPCRSample]:

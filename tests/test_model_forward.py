@@ -13,14 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from ppcr.config.schema import InitSpec, LoraSpec, ModelSpec, Recipe
 from ppcr.modeling.build import build_model
 from ppcr.modeling.processor import PPCRProcessor, PPCRSample
-
-
-def tiny_recipe(**model) -> Recipe:
-    spec = ModelSpec(size="tiny", sam="tiny", lora=LoraSpec(dropout=0.0), max_length=96, **model)
-    return Recipe(seed=3, model=spec, init=InitSpec(source="random", sam_checkpoint=None))
+from tests.tiny_recipes import tiny_recipe
 
 
 def synthetic_samples(count: int = 4, shared: int = 2) -> list[PPCRSample]:

@@ -7,14 +7,10 @@ import re
 import pytest
 import torch
 
-from ppcr.config.schema import InitSpec, LoraSpec, ModelSpec, Recipe, TinySpec
+from ppcr.config.schema import TinySpec
 from ppcr.modeling.build import build_model
 from ppcr.modeling.position_init import sincos_2d
-
-
-def tiny_recipe(**tiny) -> Recipe:
-    spec = ModelSpec(size="tiny", sam="tiny", lora=LoraSpec(dropout=0.0), max_length=96, tiny=TinySpec(**tiny))
-    return Recipe(seed=3, model=spec, init=InitSpec(source="random", sam_checkpoint=None))
+from tests.tiny_recipes import tiny_recipe
 
 
 def test_sincos_codes_separate_rows_from_columns_and_every_patch_from_every_other():
@@ -33,7 +29,7 @@ def test_sincos_codes_separate_rows_from_columns_and_every_patch_from_every_othe
 
 def test_clip_position_init_sincos_writes_the_patch_rows_and_keeps_the_cls_row():
     plain = build_model(tiny_recipe())
-    coded = build_model(tiny_recipe(clip_position_init="sincos"))
+    coded = build_model(tiny_recipe(tiny={"clip_position_init": "sincos"}))
     plain_table = plain.llava.model.vision_tower.embeddings.position_embedding.weight
     coded_table = coded.llava.model.vision_tower.embeddings.position_embedding.weight
     grid = TinySpec().image_size // TinySpec().clip_patch_size
@@ -44,7 +40,7 @@ def test_clip_position_init_sincos_writes_the_patch_rows_and_keeps_the_cls_row()
 
 @pytest.mark.parametrize("std", [0.02, 0.08])
 def test_init_std_sets_the_llm_projector_and_clip_embedding_scale(std):
-    model = build_model(tiny_recipe(init_std=std))
+    model = build_model(tiny_recipe(tiny={"init_std": std}))
     llava = model.llava.model
     q_proj = llava.language_model.layers[0].self_attn.q_proj
     weights = {
@@ -74,4 +70,4 @@ def test_tiny_sizes_that_cannot_build_a_model_are_a_recipe_error_naming_the_key(
     from ppcr.errors import RecipeError
 
     with pytest.raises(RecipeError, match=re.escape(message)):
-        build_model(tiny_recipe(**tiny))
+        build_model(tiny_recipe(tiny=tiny))
