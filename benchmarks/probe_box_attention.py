@@ -78,8 +78,7 @@ def main() -> None:
             if model.box_head is not None:
                 rows = torch.arange(len(samples))
                 h_sem = semantic_out.last_hidden_state[rows, _positions_before(semantic.input_ids, ids.seg, "[SEG]")]
-                head_sem = model.h_sem_norm(h_sem) if model.h_sem_norm is not None else h_sem
-                sem_input = model.sem_to_input(head_sem) if model.sem_to_input is not None else None
+                _, sem_input = model.semantic_prompts(h_sem)
                 spatial = batch.text.spatial
                 spatial_out = stage_attention(
                     model, spatial, model._input_embeddings(spatial.input_ids, image_tokens, sem_input), SPATIAL

@@ -431,6 +431,13 @@ class PPCRModel(nn.Module):
             hidden[rows] = rows_hidden
         return hidden
 
+    def semantic_prompts(self, h_sem: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """From h_sem: SAM's semantic prompt token and the spatial stage's ``<sem>`` input (None when
+        the variant has no ``<sem>`` slot); one place for the step that probes also need."""
+        head_sem = self.h_sem_norm(h_sem) if self.h_sem_norm is not None else h_sem
+        sem_input = self.sem_to_input(head_sem) if self.sem_to_input is not None else None
+        return self.semantic_proj(head_sem), sem_input
+
     def _answer_ce(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Summed next-token CE over the labelled (answer) positions and their count."""
         targets = labels[:, 1:]
@@ -513,8 +520,7 @@ class PPCRModel(nn.Module):
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         h_sem = hidden[rows, _positions_before(semantic.input_ids, self.token_ids.seg, "[SEG]")]
         ce_sum, ce_count = self._answer_ce(hidden, semantic.labels) if compute_ce else (None, 0)
-        head_sem = self.h_sem_norm(h_sem) if self.h_sem_norm is not None else h_sem
-        semantic_prompt = self.semantic_proj(head_sem)
+        semantic_prompt, sem_input = self.semantic_prompts(h_sem)
 
         # Stage 2: spatial grounding.
         boxes = p_box = None
@@ -522,7 +528,6 @@ class PPCRModel(nn.Module):
             if text.spatial is None:
                 raise PPCRError(f"spatial_prompt={self.spec.spatial_prompt!r} needs spatial prompts")
             spatial = text.spatial
-            sem_input = self.sem_to_input(head_sem) if self.sem_to_input is not None else None
             hidden2 = self._stage_hidden(SPATIAL, spatial, features.clip_tokens, image_index, sem_input, share_prefix)
             p_box = hidden2[rows, _positions_before(spatial.input_ids, self.token_ids.box, "[BOX]")]
             head_box = self.p_box_norm(p_box) if self.p_box_norm is not None else p_box
