@@ -31,7 +31,11 @@ def main() -> None:
 
     if not (args.data / "shapes" / "refs(unc).p").is_file():
         generate_shapes_ref(args.data)
-    recipe = load_recipe("shapes", [f"data.root={args.data}", f"train.max_steps={args.steps}", "train.save_every=100000"])
+    overrides = [f"data.root={args.data}", f"train.max_steps={args.steps}", "train.save_every=100000"]
+    if load_recipe("shapes", overrides).train.warmup_steps >= args.steps:
+        # The schedule must fit the short run (DeepSpeed warns otherwise); throughput is unaffected.
+        overrides.append(f"train.warmup_steps={args.steps // 2}")
+    recipe = load_recipe("shapes", overrides)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         result = train_ppcr(recipe, Path(tmp) / "run", nproc=args.nproc, progress=False)
