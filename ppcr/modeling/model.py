@@ -38,6 +38,7 @@ from ppcr.modeling.adapters import SEMANTIC, SPATIAL, AdapterSet
 from ppcr.modeling.batch import ImageInputs, PPCRBatch, StageInputs, TextInputs
 from ppcr.modeling.config import BaseWeights, PromptFormat, TokenIds
 from ppcr.modeling.heads import AttnBoxHead, BoxMLP, SemanticProjection, StateStandardiser
+from ppcr.modeling.kv_cache import cache_keyword, returned_cache
 from ppcr.modeling.llava import ensure_vocab_rows, image_seq_length
 from ppcr.modeling.token_rows import AddedTokenRows
 
@@ -410,7 +411,7 @@ class PPCRModel(nn.Module):
             prefix_embeds = self._input_embeddings(prefix_ids, clip_tokens[image : image + 1], None)
             prefix_mask = torch.ones_like(prefix_ids)
             prefix_out = self._language_model(prefix_embeds, prefix_mask, use_cache=True)
-            cache = prefix_out.past_key_values
+            cache = returned_cache(prefix_out)
             if rows.numel() > 1:
                 cache.batch_repeat_interleave(rows.numel())
             suffix_ids = stage.input_ids[rows, prefix:]
@@ -422,7 +423,8 @@ class PPCRModel(nn.Module):
                  stage.attention_mask[rows, prefix:]],
                 dim=1,
             )
-            suffix_out = self._language_model(suffix_embeds, mask, past_key_values=cache, use_cache=True)
+            cached = {cache_keyword(type(self.language_model)): cache}
+            suffix_out = self._language_model(suffix_embeds, mask, use_cache=True, **cached)
             rows_hidden = torch.cat(
                 [prefix_out.last_hidden_state.expand(rows.numel(), -1, -1), suffix_out.last_hidden_state], dim=1
             )
