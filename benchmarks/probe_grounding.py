@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from probe_box_attention import target_cells
+from probe_box_attention import stage_attention, target_cells
 
 RESULTS = Path(__file__).parent / "results"
 QUESTION = "Where are the shapes?"
@@ -84,17 +84,12 @@ class Probe(torch.nn.Module):
         self.attention = torch.nn.MultiheadAttention(hidden, 4, batch_first=True)
         self.readout = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 4))
 
-    def encode(self, groups: list[list[tuple[str, list[float]]]]) -> tuple[torch.Tensor, torch.Tensor]:
-        processor, model = self.module.processor, self.module.model
-        rows = [processor._encode_turn(QUESTION, " , ".join(f"{p} [BOX]" for p, _ in g))[0] for g in groups]
-        ids = torch.full((len(rows), max(map(len, rows))), model.token_ids.pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for k, row in enumerate(rows):
-            ids[k, : len(row)] = torch.tensor(row)
-            mask[k, : len(row)] = 1
-        return ids, mask
+    def stage(self, groups: list[list[tuple[str, list[float]]]]):
+        """The spatial-stage inputs asking for each group's phrases, padded as the processor pads."""
+        processor = self.module.processor
+        return processor._pad([processor._encode_turn(QUESTION, " , ".join(f"{p} [BOX]" for p, _ in g)) for g in groups])
 
-    def forward(self, images, sizes, groups, attentions: bool = False):
+    def forward(self, images, sizes, groups) -> tuple[torch.Tensor, torch.Tensor]:
         from ppcr.modeling.adapters import SPATIAL
 
         model = self.module.model
@@ -105,31 +100,31 @@ class Probe(torch.nn.Module):
         if self.head == "cross-attention":
             query = self.query(torch.tensor([self.phrases.index(p) for _, p, _ in targets])).unsqueeze(1)
             attended = self.attention(query, tokens[owner], tokens[owner], need_weights=False)[0][:, 0]
-            return self.readout(attended).sigmoid(), truth, None
+            return self.readout(attended).sigmoid(), truth
         if self.head == "oracle":
             cells = torch.stack([box_cells(sizes[k], b, self.grid) for k, _, b in targets]).float()
             states = (tokens[owner] * cells.unsqueeze(-1)).sum(1) / cells.sum(1, keepdim=True).clamp_min(1)
-            out = None
         else:
-            ids, mask = self.encode(groups)
-            with model.adapters.use(SPATIAL):
-                embeds = model._input_embeddings(ids, tokens, None)
-                out = model.language_model(inputs_embeds=embeds, attention_mask=mask, output_attentions=attentions)
-            where = (ids == model.token_ids.box).nonzero()
-            states = out.last_hidden_state[where[:, 0], where[:, 1] - 1]
+            stage = self.stage(groups)
+            hidden = model._stage_hidden(SPATIAL, stage, tokens, torch.arange(len(groups)), None, share_prefix=False)
+            where = (stage.input_ids == model.token_ids.box).nonzero()
+            states = hidden[where[:, 0], where[:, 1] - 1]
         states = model.p_box_norm(states) if model.p_box_norm is not None else states
-        return model.box_head(states, tokens[owner]), truth, out
+        return model.box_head(states, tokens[owner]), truth
 
 
 def attention_shares(probe: Probe, images, sizes, groups) -> list[dict]:
     """Per LLM layer: the share of the query's image attention on the target's patches (one target per image)."""
+    from ppcr.modeling.adapters import SPATIAL
+
     model = probe.module.model
     model.language_model.config._attn_implementation = "eager"  # sdpa returns no attention weights
+    stage = probe.stage(groups)
     with torch.no_grad():
-        _, _, out = probe(images, sizes, groups, attentions=True)
-    ids, _ = probe.encode(groups)
-    queries = (ids == model.token_ids.box).nonzero()[:, 1] - 1
-    image_slots = ids[0] == model.token_ids.image
+        tokens = model.encode_images(probe.module.processor.images(images)).clip_tokens
+        out = stage_attention(model, stage, model._input_embeddings(stage.input_ids, tokens, None), SPATIAL)
+    queries = (stage.input_ids == model.token_ids.box).nonzero()[:, 1] - 1
+    image_slots = stage.input_ids[0] == model.token_ids.image
     cells = [box_cells(sizes[k], g[0][1], probe.grid) for k, g in enumerate(groups)]
     uniform = float(np.mean([c.float().mean() for c in cells]))
     rows = []
@@ -194,7 +189,7 @@ def main() -> None:
             rng.shuffle(objects)
             groups.append(objects[:1] if args.single else objects)
         pictures = [load(i, train_set) for i in chosen]
-        predicted, truth, _ = probe(pictures, [(p.height, p.width) for p in pictures], groups)
+        predicted, truth = probe(pictures, [(p.height, p.width) for p in pictures], groups)
         loss = (predicted - truth).abs().mean()
         optimizer.zero_grad()
         loss.backward()
@@ -220,7 +215,7 @@ def main() -> None:
                 if picked:
                     pictures = [load(i, val_set) for i in picked]
                     groups = [val_set[i][1][nth : nth + 1] for i in picked]
-                    predicted, truth, _ = probe(pictures, [(p.height, p.width) for p in pictures], groups)
+                    predicted, truth = probe(pictures, [(p.height, p.width) for p in pictures], groups)
                     errors.append((predicted - truth).abs().mean(1))
     val_l1 = float(torch.cat(errors).mean())
     result = {
