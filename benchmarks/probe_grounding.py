@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from probe_box_attention import stage_attention, target_cells
+from probe_shapes_learning import probe_optimizer, write_result
 
-RESULTS = Path(__file__).parent / "results"
 QUESTION = "Where are the shapes?"
 
 
@@ -172,12 +172,7 @@ def main() -> None:
     mllm = [p for n, p in named if probe.module.is_mllm_parameter(n.removeprefix("module."))]
     heads = [p for n, p in named if not probe.module.is_mllm_parameter(n.removeprefix("module."))]
     train = recipe.train
-    groups_lr = [{"params": heads, "lr": train.lr}, {"params": mllm, "lr": train.mllm_lr or train.lr}]
-    optimizer = torch.optim.AdamW(groups_lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
-    warmup = max(1, train.warmup_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / args.steps)
-    )
+    optimizer, schedule = probe_optimizer(train, heads, mllm, train.mllm_lr or train.lr, args.steps)
     rng = random.Random(recipe.seed)
     train_ids = sorted(train_set)
     losses, window, started = [], [], time.perf_counter()
@@ -239,10 +234,7 @@ def main() -> None:
         )
         result["attention"] = shares
     print(json.dumps({k: result[k] for k in ("val_l1", "val_objects")} | {"attention": result.get("attention")}))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"grounding_{args.tag}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {path}")
+    write_result(f"grounding_{args.tag}", result)
 
 
 if __name__ == "__main__":

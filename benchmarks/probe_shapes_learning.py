@@ -133,6 +133,25 @@ def forward(module, items: list[TrainItem], box_source: str):
     return module.model(batch, box_source=box_source)
 
 
+def probe_optimizer(train, heads: list, mllm: list, mllm_lr: float, steps: int):
+    """Plain AdamW (heads at ``train.lr``, the MLLM at ``mllm_lr``) with linear warm-up and decay to 0."""
+    groups = [{"params": heads, "lr": train.lr}, {"params": mllm, "lr": mllm_lr}]
+    optimizer = torch.optim.AdamW(groups, betas=tuple(train.betas), weight_decay=train.weight_decay)
+    warmup = max(1, train.warmup_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / steps)
+    )
+    return optimizer, schedule
+
+
+def write_result(name: str, result: dict) -> None:
+    """``benchmarks/results/<name>.json``."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("probe", choices=["variant", "oracle-colour", "gt-box", "memorise"])
@@ -172,12 +191,7 @@ def main() -> None:
     heads = [p for n, p in named if not module.is_mllm_parameter(n)]
     rest = [p for n, p in named if module.is_mllm_parameter(n)]
     base_lr = args.base_lr or train.mllm_lr or train.lr
-    groups = [{"params": heads, "lr": train.lr}, {"params": rest, "lr": base_lr}]
-    optimizer = torch.optim.AdamW(groups, betas=tuple(train.betas), weight_decay=train.weight_decay)
-    warmup = max(1, train.warmup_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / args.steps)
-    )
+    optimizer, schedule = probe_optimizer(train, heads, rest, base_lr, args.steps)
     rng = np.random.default_rng(recipe.seed)
     rows, window, started = [], {}, time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -213,10 +227,7 @@ def main() -> None:
         "losses": rows,
         "eval": evaluation,
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"probe_{args.probe}_{args.tag}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {path}")
+    write_result(f"probe_{args.probe}_{args.tag}", result)
 
 
 if __name__ == "__main__":
