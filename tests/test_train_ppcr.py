@@ -53,6 +53,23 @@ def test_items_are_deterministic_per_epoch_and_index(shapes_root):
     assert dataset[3].template_seed != first.template_seed
 
 
+def test_image_groups_gather_every_sentence_of_an_image_across_datasets(shapes_root):
+    dataset = ReferTrainDataset(small_recipe(shapes_root, "data.datasets=[shapes, shapes+]"))
+    groups = dataset.image_groups()
+    assert sorted(i for group in groups for i in group) == list(range(len(dataset)))
+    first = dataset.offsets[1]  # where shapes+ starts
+
+    def path_of(index):
+        return (dataset.parts[0][index] if index < first else dataset.parts[1][index - first]).image_path
+
+    paths = [{path_of(i) for i in group} for group in groups]
+    assert all(len(p) == 1 for p in paths)  # one image per group …
+    all_images = {path_of(i) for i in range(len(dataset))}
+    assert len({next(iter(p)) for p in paths}) == len(groups) == len(all_images)  # … one group per image
+    assert all({i < first for i in g} == {True, False} for g in groups)  # both datasets
+    assert dataset[groups[0][0]].image_key == dataset[groups[0][1]].image_key  # encoded once per batch
+
+
 def test_a_few_steps_lower_the_loss_and_export_a_loadable_checkpoint(shapes_root, tmp_path):
     recipe = small_recipe(shapes_root, "train.max_steps=24", "train.lr=3e-3")
     result = train_ppcr(recipe, tmp_path / "run", progress=False)

@@ -96,12 +96,18 @@ def never_called(recipe):
         (dict(save_every=0), 1, "train.save_every"),
         (dict(mllm_lr=-1e-4), 1, "train.mllm_lr"),
         (dict(gt_box_rate=1.5), 1, "train.gt_box_rate"),
+        ("data.sentences_per_image=0", 1, "data.sentences_per_image"),
     ],
 )
 def test_bad_train_config_fails_before_any_work(tmp_path, overrides, nproc, expected):
     out = tmp_path / "run"
+    if isinstance(overrides, str):  # a data setting
+        recipe = make_recipe()
+        recipe.data.sentences_per_image = int(overrides.split("=")[1])
+    else:
+        recipe = make_recipe(**overrides)
     with pytest.raises(RecipeError) as caught:
-        train(make_recipe(**overrides), out, never_called, never_called, nproc=nproc, progress=False)
+        train(recipe, out, never_called, never_called, nproc=nproc, progress=False)
     assert expected in caught.value.message
     assert not out.exists()
 
@@ -111,6 +117,13 @@ def test_dataset_smaller_than_one_batch_fails_before_the_model_is_built(tmp_path
     with pytest.raises(DataError, match="fewer than one batch"):
         train(make_recipe(), out, never_called, lambda r: SyntheticRegression(5), collate, progress=False)
     assert not out.exists()
+
+
+def test_sentences_per_image_needs_a_dataset_that_knows_its_images(tmp_path):
+    recipe = make_recipe()
+    recipe.data.sentences_per_image = 2
+    with pytest.raises(TrainingError, match="needs a dataset with image_groups"):
+        train(recipe, tmp_path / "run", never_called, build_dataset, collate, progress=False)
 
 
 def test_run_directory_is_never_overwritten_and_resume_needs_a_state(tmp_path):
@@ -164,6 +177,41 @@ def test_sampler_resume_yields_exactly_the_remaining_micro_batches_and_epochs_re
     assert _micro_batches(2, 1, start_step=2) == full[2 * 2 :]
     assert _micro_batches(2, 1) == full  # deterministic
     assert _micro_batches(2, 1, epoch=1) != full
+
+
+def test_grouped_order_keeps_up_to_k_sentences_of_an_image_together_and_every_sentence_once():
+    # 30 samples over 9 "images" of 1..5 sentences, indices interleaved as a concatenated dataset's are
+    sizes = [5, 1, 4, 3, 2, 5, 3, 4, 3]
+    owner = [image for image, size in enumerate(sizes) for _ in range(size)]
+    order_in = torch.randperm(30, generator=torch.Generator().manual_seed(0)).tolist()
+    groups = [[order_in[i] for i in range(30) if owner[i] == image] for image in range(len(sizes))]
+    image_of = {index: image for image, members in enumerate(groups) for index in members}
+
+    def sampler(epoch=0, rank=0, world_size=1, start_step=0):
+        return ResumableDistributedSampler(
+            30, batch_size=6, micro_batch_size=3, world_size=world_size, rank=rank, seed=SEED, epoch=epoch,
+            start_step=start_step, groups=groups, group_size=3,
+        )
+
+    def same_image_neighbours(order):
+        return sum(image_of[a] == image_of[b] for a, b in zip(order, order[1:]))
+
+    order = sampler().epoch_order()
+    assert sorted(order) == list(range(30))
+    # each image's sentences are cut into runs of ≤ 3 that stay together: 30 − Σ⌈size/3⌉ = 17 pairs
+    assert same_image_neighbours(order) >= 30 - sum(-(-size // 3) for size in sizes) == 17
+    plain = ResumableDistributedSampler(30, batch_size=6, micro_batch_size=3, world_size=1, rank=0, seed=SEED, epoch=0)
+    assert same_image_neighbours(plain.epoch_order()) < 8  # a plain shuffle: ~3 by chance
+    assert sampler(epoch=1).epoch_order() != order
+    assert sampler().epoch_order() == order  # same on every rank and on resume
+    two = [list(sampler(world_size=2, rank=rank)) for rank in range(2)]
+    assert sorted(i for mb in two[0] + two[1] for i in mb) == sorted(order[:30])
+    assert list(sampler(start_step=2)) == list(sampler())[2 * 2 :]  # 2 micro-batches per step
+    with pytest.raises(ValueError, match="exactly once"):
+        ResumableDistributedSampler(
+            30, batch_size=6, micro_batch_size=3, world_size=1, rank=0, seed=SEED, epoch=0,
+            groups=groups[1:], group_size=3,
+        )
 
 
 def test_clean_run_temporaries_finds_every_kind_of_leftover(tmp_path):

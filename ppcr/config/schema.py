@@ -148,6 +148,10 @@ class DataSpec:
     datasets: list[str] = field(default_factory=lambda: ["refcoco", "refcoco+", "refcocog"])
     train_split: str = "train"
     num_workers: int = 4
+    # Up to this many sentences of one image come next to each other in the data order, so a
+    # batch asks several questions about the same picture (LISA and GLaMM draw 3 per image) and
+    # the image is encoded once for them. 1: every sentence shuffled on its own.
+    sentences_per_image: int = 1
 
 
 @dataclass

@@ -10,6 +10,11 @@ epoch takes the ``s``-th slice of ``batch_size`` indices; that slice is cut into
   sizes and a mean loss, 1 and N processes compute the same update up to float rounding);
 * resuming after step ``k`` only needs ``k``: the sampler starts at that step's first chunk.
 
+With ``groups`` (sample indices that share an image) and ``group_size`` k > 1, the epoch's order
+keeps up to k sentences of one image next to each other (as LISA and GLaMM draw three sentences
+per image): each image's sentences are shuffled and cut into runs of k, and the runs are shuffled.
+Every sample still comes once per epoch.
+
 Randomness *inside* a sample (e.g. which prompt template) should be derived from the sample
 index and the epoch (datasets with a ``set_epoch(epoch)`` method are told the epoch), so it does
 not depend on worker count or on where a run was resumed.
@@ -18,7 +23,7 @@ not depend on worker count or on where a run was resumed.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -33,6 +38,16 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> list[int]:
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return torch.randperm(num_samples, generator=generator).tolist()
+
+
+def grouped_permutation(groups: Sequence[Sequence[int]], group_size: int, seed: int, epoch: int) -> list[int]:
+    """Every index of ``groups`` once, in runs of up to ``group_size`` from one group, runs shuffled."""
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    runs = []
+    for members in groups:
+        shuffled = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+        runs.extend(shuffled[start : start + group_size] for start in range(0, len(shuffled), group_size))
+    return [index for run in torch.randperm(len(runs), generator=generator).tolist() for index in runs[run]]
 
 
 class ResumableDistributedSampler(Sampler[list[int]]):
@@ -53,6 +68,8 @@ class ResumableDistributedSampler(Sampler[list[int]]):
         seed: int,
         epoch: int,
         start_step: int = 0,
+        groups: Sequence[Sequence[int]] | None = None,
+        group_size: int = 1,
     ):
         if batch_size % (micro_batch_size * world_size):
             raise ValueError("batch_size must be a multiple of micro_batch_size × world_size")
@@ -70,14 +87,26 @@ class ResumableDistributedSampler(Sampler[list[int]]):
         if not 0 <= start_step <= self.steps_per_epoch:
             raise ValueError(f"start_step {start_step} outside 0..{self.steps_per_epoch}")
         self.start_step = start_step
+        if group_size > 1:
+            if groups is None:
+                raise ValueError("group_size > 1 needs the groups of sample indices that share an image")
+            if sorted(i for g in groups for i in g) != list(range(num_samples)):
+                raise ValueError(f"groups must hold every sample index 0..{num_samples - 1} exactly once")
+        self.groups, self.group_size = groups, group_size
+
+    def epoch_order(self) -> list[int]:
+        """This epoch's order of all sample indices (the same on every rank)."""
+        if self.group_size > 1:
+            return grouped_permutation(self.groups, self.group_size, self.seed, self.epoch)
+        return epoch_permutation(self.num_samples, self.seed, self.epoch)
 
     def global_batch(self, step: int) -> list[int]:
         """All sample indices of optimizer step ``step`` of this epoch (every rank, every micro-step)."""
-        order = epoch_permutation(self.num_samples, self.seed, self.epoch)
+        order = self.epoch_order()
         return order[step * self.batch_size : (step + 1) * self.batch_size]
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = epoch_permutation(self.num_samples, self.seed, self.epoch)
+        order = self.epoch_order()
         micro = self.micro_batch_size
         for step in range(self.start_step, self.steps_per_epoch):
             base = step * self.batch_size

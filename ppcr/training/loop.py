@@ -95,6 +95,14 @@ class Trainer:
 
         self.dataset = dataset_factory(self.recipe)
         self.plan: TrainingPlan = make_plan(train, self.dist.world_size, len(self.dataset))
+        self.image_groups = None
+        if self.recipe.data.sentences_per_image > 1:
+            if not hasattr(self.dataset, "image_groups"):
+                raise TrainingError(
+                    f"data.sentences_per_image={self.recipe.data.sentences_per_image} needs a dataset "
+                    f"with image_groups(); {type(self.dataset).__name__} has none"
+                )
+            self.image_groups = self.dataset.image_groups()
         self.precision = resolve_precision(train.precision, self.dist.device_type)
 
         seed_everything(self.recipe.seed)  # identical model construction on every rank and on resume
@@ -205,6 +213,8 @@ class Trainer:
                 seed=self.recipe.seed,
                 epoch=epoch,
                 start_step=self.step % plan.steps_per_epoch,
+                groups=self.image_groups,
+                group_size=self.recipe.data.sentences_per_image,
             )
             loader = build_dataloader(
                 self.dataset,

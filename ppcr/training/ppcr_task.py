@@ -61,6 +61,14 @@ class ReferTrainDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def image_groups(self) -> list[list[int]]:
+        """Sample indices grouped by image file (the RefCOCO family, like Shapes-Ref, shares images)."""
+        groups: dict[Path, list[int]] = {}
+        for offset, part in zip(self.offsets, self.parts):
+            for position, sample in enumerate(part):
+                groups.setdefault(sample.image_path, []).append(offset + position)
+        return list(groups.values())
+
     def __len__(self) -> int:
         return self.offsets[-1]
 
@@ -77,7 +85,7 @@ class ReferTrainDataset(torch.utils.data.Dataset):
             expression=sample.text,
             mask=part.mask(sample),
             box_xyxy=sample.box_xyxy,
-            image_key=(sample.dataset, sample.image_id),
+            image_key=str(sample.image_path),  # one image file is encoded once per batch
             template_seed=f"{self.seed}:{self.epoch}:{index}",
         )
 
