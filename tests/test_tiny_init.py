@@ -1,5 +1,4 @@
-"""The tiny model's initialisation knobs (``tiny.init_std``, ``tiny.clip_position_init``,
-``tiny.llm_qk_init_std``) and size checks."""
+"""The tiny model's initialisation knobs (``tiny.init_std``, ``tiny.clip_position_init``) and size checks."""
 
 from __future__ import annotations
 
@@ -54,37 +53,6 @@ def test_init_std_sets_the_llm_projector_and_clip_embedding_scale(std):
         assert float(weight.std()) == pytest.approx(std, rel=0.15), name
 
 
-def _base(linear: torch.nn.Module) -> torch.Tensor:
-    return getattr(linear, "base_layer", linear).weight
-
-
-def test_llm_qk_init_std_redraws_only_the_llm_query_and_key_and_scales_the_start_logits():
-    width = TinySpec().llm_hidden
-    std = width**-0.5
-    plain = build_model(tiny_recipe())
-    scaled = build_model(tiny_recipe(tiny={"llm_qk_init_std": std}))
-    for layer_plain, layer_scaled in zip(plain.language_model.layers, scaled.language_model.layers):
-        attention_plain, attention = layer_plain.self_attn, layer_scaled.self_attn
-        for name in ("q_proj", "k_proj"):
-            assert float(_base(getattr(attention, name)).std()) == pytest.approx(std, rel=0.05), name
-        for name in ("v_proj", "o_proj"):  # same seed: everything else is drawn exactly as before
-            assert torch.equal(_base(getattr(attention, name)), _base(getattr(attention_plain, name)))
-        assert torch.equal(layer_scaled.mlp.down_proj.weight, layer_plain.mlp.down_proj.weight)
-    clip_q = [m.llava.model.vision_tower.encoder.layers[0].self_attn.q_proj.weight for m in (plain, scaled)]
-    assert torch.equal(*clip_q)  # CLIP keeps init_std
-
-    def start_logit_std(model) -> float:
-        """Std of layer 0's scaled query·key logits on unit-RMS states (what RMSNorm feeds it)."""
-        attention = model.language_model.layers[0].self_attn
-        heads, states = TinySpec().llm_heads, torch.randn(256, width, generator=torch.Generator().manual_seed(0))
-        q = (states @ _base(attention.q_proj).T).reshape(256, heads, -1).transpose(0, 1)
-        k = (states @ _base(attention.k_proj).T).reshape(256, heads, -1).transpose(0, 1)
-        return float((q @ k.transpose(1, 2) / q.shape[-1] ** 0.5).std())
-
-    assert start_logit_std(plain) < 0.1  # std 0.02 at width 128: attention starts uniform
-    assert 0.6 < start_logit_std(scaled) < 1.6  # std 1/sqrt(width): order one, as a 7B model at 0.02
-
-
 @pytest.mark.parametrize(
     ("tiny", "message"),
     [
@@ -92,7 +60,6 @@ def test_llm_qk_init_std_redraws_only_the_llm_query_and_key_and_scales_the_start
         ({"llm_hidden": 130}, "model.tiny.llm_hidden: 130 is not divisible by model.tiny.llm_heads = 4"),
         ({"sam_heads": 0}, "model.tiny.sam_heads: must be at least 1, got 0"),
         ({"init_std": -0.1}, "model.tiny.init_std: must be a positive number"),
-        ({"llm_qk_init_std": 0.0}, "model.tiny.llm_qk_init_std: must be a positive number"),
         (
             {"clip_hidden": 66, "clip_heads": 2, "clip_position_init": "sincos"},
             "model.tiny.clip_hidden: must be divisible by 4 for clip_position_init=sincos",

@@ -61,9 +61,6 @@ class TinySpec:
     ``initializer_range``). ``clip_position_init: sincos`` starts CLIP's learned position
     embeddings as 2-D sine-cosine codes (as MAE's ViT) instead of small random vectors, so image
     tokens carry their position from the first step, as a pretrained CLIP's do.
-    ``llm_qk_init_std`` (default: ``init_std``) is the init std of the LLM's attention query and
-    key projections alone; about 1/sqrt(``llm_hidden``) gives the attention logits the order-one
-    start a 7B model's have at std 0.02 (``ppcr.modeling.attention_init``).
     """
 
     image_size: int = 64
@@ -89,7 +86,6 @@ class TinySpec:
     attn_head_dim: int = 64
     init_std: float = 0.02
     clip_position_init: PositionInit = "random"
-    llm_qk_init_std: Optional[float] = None
 
 
 @dataclass

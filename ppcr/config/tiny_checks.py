@@ -34,9 +34,6 @@ def check_tiny_spec(model: ModelSpec) -> None:
         _divides(tiny, "llm_hidden", "llm_heads")
         if not (math.isfinite(tiny.init_std) and tiny.init_std > 0):
             raise _fail("init_std", f"must be a positive number, got {tiny.init_std}")
-        qk = tiny.llm_qk_init_std
-        if qk is not None and not (math.isfinite(qk) and qk > 0):
-            raise _fail("llm_qk_init_std", f"must be a positive number, got {qk}")
         if tiny.clip_position_init == "sincos" and tiny.clip_hidden % 4:
             raise _fail("clip_hidden", f"must be divisible by 4 for clip_position_init=sincos, got {tiny.clip_hidden}")
     if model.sam == "tiny":

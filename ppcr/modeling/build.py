@@ -117,10 +117,6 @@ def _build_random(recipe: Recipe) -> "PPCRModel":
         from ppcr.modeling.position_init import init_clip_positions_sincos
 
         init_clip_positions_sincos(llava.model.vision_tower)
-    if spec.size == "tiny" and spec.tiny.llm_qk_init_std is not None:
-        from ppcr.modeling.attention_init import init_query_key
-
-        init_query_key(llava.model.language_model, spec.tiny.llm_qk_init_std)
     sam = build_sam(sam_architecture(spec.sam, spec.tiny))
     base = BaseWeights(kind="stored", llava=None, sam=None)
     return PPCRModel(spec, llava, sam, token_ids, tokenizer=tokenizer, base=base, loss_weights=recipe.loss)
