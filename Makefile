@@ -34,7 +34,7 @@ demo: setup
 	$(BIN)/ppcr eval --data-root $(DATA) --dataset shapesg --split val --split test
 	$(BIN)/ppcr tables --runs runs/ppcr-shapes-tiny
 
-# Reproduces the embedded default model: the shapes recipe on Shapes-Ref (seed 0), about 17 min
+# Reproduces the embedded default model: the shapes recipe on Shapes-Ref (seed 0), about 9 min
 # on two CPU cores; an interrupted run resumes.
 default-model: setup
 	$(BIN)/ppcr prepare shapes --out $(DATA)
@@ -43,7 +43,7 @@ default-model: setup
 	rm -rf $(ASSET).tmp && cp -r runs/shapes/final $(ASSET).tmp && rm -rf $(ASSET) && mv $(ASSET).tmp $(ASSET)
 
 # Tables 2 and 3 on Shapes-Ref: every variant of the shapes recipe trained and scored (finished
-# runs are reused, interrupted ones resumed), then the tables in Markdown (about 90 min on CPU).
+# runs are reused, interrupted ones resumed), then the tables in Markdown (about 45 min on CPU).
 # Shapes-Ref goes to data/shapes, the recipe's data.root, so run folders carry no override hash.
 ABLATIONS = default spatial-prompt=none spatial-prompt=expression spatial-prompt=expression+semantic \
             spatial-head=attn box-source=gt

@@ -24,7 +24,9 @@ Usage (Shapes-Ref in data/shapes, ``ppcr prepare shapes --out data/shapes``)::
     python benchmarks/probe_shapes_learning.py variant --steps 900 spatial-prompt=expression train.lr=3e-3
     python benchmarks/probe_shapes_learning.py oracle-colour --steps 1000 train.lr=3e-3
 
-Results are printed and written to ``benchmarks/results/probe_<probe>_<tag>.json``.
+A step draws ``train.batch_size`` sentences; the recorded results used 8 or 16 (their JSON says
+which), from recipes before the shapes recipe's batch grew to 32: pass ``train.batch_size=8`` to
+compare with them. Results are printed and written to ``benchmarks/results/probe_<probe>_<tag>.json``.
 """
 
 from __future__ import annotations

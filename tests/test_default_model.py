@@ -10,11 +10,11 @@ from ppcr.data.shapes import generate_shapes_ref
 from ppcr.inference.model_source import DEFAULT_MODEL, resolve_model_dir
 
 MAX_BYTES = 20 * 2**20
-# mIoU (percent) on the fresh set below when the model was shipped: shapes 20.15, shapes+ 11.12,
-# shapesg 22.64 (the previous recipe's model scored 13.05 / 6.48 / 16.89; a first attempt whose
-# masks were nearly all empty scored about 3 on val). The thresholds sit about 20 % below, so a
-# retrained model must be about as good to ship.
-MIN_MIOU = {"shapes": 16.0, "shapes+": 9.0, "shapesg": 18.0}
+# mIoU (percent) on the fresh set below when the model was shipped: shapes 22.26, shapes+ 9.80,
+# shapesg 26.14 (the batch-8 recipe's model scored 20.15 / 11.12 / 22.64, the one before it
+# 13.05 / 6.48 / 16.89; a first attempt whose masks were nearly all empty scored about 3 on val).
+# The thresholds sit about 20 % below, so a retrained model must be about as good to ship.
+MIN_MIOU = {"shapes": 18.0, "shapes+": 8.0, "shapesg": 21.0}
 SEED = 20261124  # not the training seed (0): these images and expressions are new to the model
 IMAGES = 60
 
