@@ -369,7 +369,9 @@ class PPCRModel(nn.Module):
                 shared = self._shared_prefix_hidden(stage, clip_tokens, image_index, sem_input)
                 if shared is not None:
                     return shared
-            embeds = self._input_embeddings(stage.input_ids, clip_tokens[image_index], sem_input)
+            # index_select, not clip_tokens[image_index]: with an image repeated in the batch the
+            # indexing backward accumulated in a varying order on CPU, so reruns drifted apart.
+            embeds = self._input_embeddings(stage.input_ids, clip_tokens.index_select(0, image_index), sem_input)
             out = self._language_model(embeds, stage.attention_mask, use_cache=False)
             return out.last_hidden_state
 
@@ -533,7 +535,7 @@ class PPCRModel(nn.Module):
             hidden2 = self._stage_hidden(SPATIAL, spatial, features.clip_tokens, image_index, sem_input, share_prefix)
             p_box = hidden2[rows, _positions_before(spatial.input_ids, self.token_ids.box, "[BOX]")]
             head_box = self.p_box_norm(p_box) if self.p_box_norm is not None else p_box
-            boxes = self.box_head(head_box, features.clip_tokens[image_index])
+            boxes = self.box_head(head_box, features.clip_tokens.index_select(0, image_index))
             if compute_ce:
                 ce2, count2 = self._answer_ce(hidden2, spatial.labels)
                 ce_sum, ce_count = ce_sum + ce2, ce_count + count2
