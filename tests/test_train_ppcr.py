@@ -151,4 +151,8 @@ def test_bad_recipe_or_override_fails_before_any_work(tmp_path):
     _assert_one_line_error(
         run("train", "model.tiny.clip_hidden=66", "--out", str(out)), 1, "model.tiny.clip_hidden: 66 is not divisible"
     )
+    _assert_one_line_error(run("train", "loss.l1=-1", "--out", str(out)), 1, "loss.l1: must be a finite weight")
+    _assert_one_line_error(
+        run("train", "loss.box_attention=1", "--out", str(out)), 1, "loss.box_attention needs the LLM's attention"
+    )
     assert not out.exists()

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from ppcr.config.loss_checks import check_loss_spec
 from ppcr.config.schema import Recipe
 from ppcr.errors import RecipeError
 from ppcr.training.errors import TrainingError, error_from_dict
@@ -82,6 +83,7 @@ def train(
     check_train_spec(recipe.train, world_size)
     if recipe.data.sentences_per_image < 1:
         raise RecipeError(f"data.sentences_per_image: must be at least 1, got {recipe.data.sentences_per_image}")
+    check_loss_spec(recipe)
     check_run_dir(out, recipe, resume, world_size)
 
     request = RunRequest(
