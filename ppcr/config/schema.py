@@ -131,19 +131,12 @@ class InitSpec:
 
 @dataclass
 class LossSpec:
-    """Weights λ1..λ4 of the objective (paper eq. 7).
-
-    ``box_attention`` is not in the paper: the weight of ``−log`` of the spatial query's
-    last-layer attention on the target's patches (:mod:`ppcr.modeling.box_attention`), for a
-    randomly initialised LLM that has not learnt to look at what it is asked about. It needs
-    ``model.attn_implementation: eager`` (sdpa returns no attention weights).
-    """
+    """Weights λ1..λ4 of the objective (paper eq. 7)."""
 
     bce: float = 2.0
     dice: float = 0.5
     l1: float = 2.0
     ce: float = 0.5
-    box_attention: float = 0.0
 
 
 @dataclass

@@ -58,10 +58,8 @@ def answer_ce(ce_sum: torch.Tensor, ce_count: int) -> torch.Tensor:
 
 
 def weighted_total(losses: dict[str, torch.Tensor], weights: LossSpec) -> torch.Tensor:
-    """``λ1·bce + λ2·dice + λ3·l1 + λ4·ce`` (+ the optional ``box_attention`` term) over the terms
-    present in ``losses``."""
+    """``λ1·bce + λ2·dice + λ3·l1 + λ4·ce`` over the terms present in ``losses``."""
     lam = {"bce": weights.bce, "dice": weights.dice, "l1": weights.l1, "ce": weights.ce}
-    lam["box_attention"] = weights.box_attention
     total = None
     for name, value in losses.items():
         term = lam[name] * value

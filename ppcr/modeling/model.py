@@ -36,7 +36,6 @@ from ppcr.errors import PPCRError
 from ppcr.modeling import losses as L
 from ppcr.modeling.adapters import SEMANTIC, SPATIAL, AdapterSet
 from ppcr.modeling.batch import ImageInputs, PPCRBatch, StageInputs, TextInputs
-from ppcr.modeling.box_attention import patch_coverage, target_attention_nll
 from ppcr.modeling.config import BaseWeights, PromptFormat, TokenIds
 from ppcr.modeling.heads import AttnBoxHead, BoxMLP, SemanticProjection, StateStandardiser
 from ppcr.modeling.kv_cache import cache_keyword, returned_cache
@@ -87,7 +86,6 @@ class PPCRPrediction:
     scores: torch.Tensor
     ce_sum: Optional[torch.Tensor] = None
     ce_count: int = 0
-    box_attention_nll: Optional[torch.Tensor] = None
 
     @property
     def masks(self) -> list[torch.Tensor]:
@@ -366,29 +364,16 @@ class PPCRModel(nn.Module):
         share_prefix: bool,
     ) -> torch.Tensor:
         """Last-layer hidden states (B×T×d) of one stage, through the given adapter."""
-        if share_prefix:
-            with self.adapters.use(adapter):
-                shared = self._shared_prefix_hidden(stage, clip_tokens, image_index, sem_input)
-            if shared is not None:
-                return shared
-        return self._stage_output(adapter, stage, clip_tokens, image_index, sem_input).last_hidden_state
-
-    def _stage_output(
-        self,
-        adapter: str,
-        stage: StageInputs,
-        clip_tokens: torch.Tensor,
-        image_index: torch.Tensor,
-        sem_input: Optional[torch.Tensor],
-        output_attentions: bool = False,
-    ):
-        """The language model's output for one stage (with every layer's attention weights if asked)."""
         with self.adapters.use(adapter):
+            if share_prefix:
+                shared = self._shared_prefix_hidden(stage, clip_tokens, image_index, sem_input)
+                if shared is not None:
+                    return shared
             # index_select, not clip_tokens[image_index]: with an image repeated in the batch the
             # indexing backward accumulated in a varying order on CPU, so reruns drifted apart.
             embeds = self._input_embeddings(stage.input_ids, clip_tokens.index_select(0, image_index), sem_input)
-            kwargs = {"output_attentions": True} if output_attentions else {}
-            return self._language_model(embeds, stage.attention_mask, use_cache=False, **kwargs)
+            out = self._language_model(embeds, stage.attention_mask, use_cache=False)
+            return out.last_hidden_state
 
     def _prefix_length(self, input_ids: torch.Tensor) -> Optional[int]:
         """Length of the prefix every row shares up to and including the image tokens, if any."""
@@ -524,7 +509,6 @@ class PPCRModel(nn.Module):
         share_prefix: bool,
         compute_ce: bool,
         gt_box_rows: Optional[torch.Tensor] = None,
-        target_coverage: Optional[torch.Tensor] = None,
     ) -> PPCRPrediction:
         image_index = text.image_index.to(features.clip_tokens.device)
         if int(image_index.max()) >= len(features) or int(image_index.min()) < 0:
@@ -543,21 +527,13 @@ class PPCRModel(nn.Module):
         semantic_prompt, sem_input = self.semantic_prompts(h_sem)
 
         # Stage 2: spatial grounding.
-        boxes = p_box = box_attention_nll = None
+        boxes = p_box = None
         if self.box_head is not None:
             if text.spatial is None:
                 raise PPCRError(f"spatial_prompt={self.spec.spatial_prompt!r} needs spatial prompts")
             spatial = text.spatial
-            query = _positions_before(spatial.input_ids, self.token_ids.box, "[BOX]")
-            clip_tokens = features.clip_tokens
-            if target_coverage is None:
-                hidden2 = self._stage_hidden(SPATIAL, spatial, clip_tokens, image_index, sem_input, share_prefix)
-            else:
-                out2 = self._stage_output(SPATIAL, spatial, clip_tokens, image_index, sem_input, True)
-                hidden2 = out2.last_hidden_state
-                image_slots = spatial.input_ids == self.token_ids.image
-                box_attention_nll = target_attention_nll(out2.attentions[-1], query, image_slots, target_coverage)
-            p_box = hidden2[rows, query]
+            hidden2 = self._stage_hidden(SPATIAL, spatial, features.clip_tokens, image_index, sem_input, share_prefix)
+            p_box = hidden2[rows, _positions_before(spatial.input_ids, self.token_ids.box, "[BOX]")]
             head_box = self.p_box_norm(p_box) if self.p_box_norm is not None else p_box
             boxes = self.box_head(head_box, features.clip_tokens.index_select(0, image_index))
             if compute_ce:
@@ -584,7 +560,6 @@ class PPCRModel(nn.Module):
             scores=scores,
             ce_sum=ce_sum,
             ce_count=ce_count,
-            box_attention_nll=box_attention_nll,
         )
 
     @torch.no_grad()
@@ -617,12 +592,6 @@ class PPCRModel(nn.Module):
         the box head is still trained on its own prediction by the L1 term.
         """
         features = self._encode_images(batch.images)
-        coverage = None
-        if self.loss_weights.box_attention > 0 and batch.gt_masks is not None and self.box_head is not None:
-            self._require_attention_weights()
-            grid = round(self.image_seq_length**0.5)
-            pad = self.spec.clip_pad_to_square
-            coverage = torch.stack([patch_coverage(m, grid, pad) for m in batch.gt_masks])
         prediction = self._predict(
             features,
             batch.text,
@@ -631,7 +600,6 @@ class PPCRModel(nn.Module):
             share_prefix=False,
             compute_ce=True,
             gt_box_rows=gt_box_rows,
-            target_coverage=coverage,
         )
         terms: dict[str, torch.Tensor] = {}
         if batch.gt_masks is not None:
@@ -640,8 +608,6 @@ class PPCRModel(nn.Module):
         if prediction.boxes is not None and batch.gt_boxes is not None:
             terms["l1"] = L.box_l1(prediction.boxes, batch.gt_boxes)
         terms["ce"] = L.answer_ce(prediction.ce_sum, prediction.ce_count)
-        if prediction.box_attention_nll is not None:
-            terms["box_attention"] = prediction.box_attention_nll
         loss = L.weighted_total(terms, self.loss_weights)
         return PPCROutput(
             loss=loss,
@@ -652,15 +618,6 @@ class PPCRModel(nn.Module):
             p_box=prediction.p_box,
             prediction=prediction,
         )
-
-    def _require_attention_weights(self) -> None:
-        implementation = self.language_model.config._attn_implementation
-        if implementation != "eager":
-            raise PPCRError(
-                f"loss.box_attention needs the LLM's attention weights, which {implementation!r} attention "
-                "does not return",
-                hint="set model.attn_implementation=eager",
-            )
 
     # ------------------------------------------------------------------ persistence
 
