@@ -109,25 +109,6 @@ def test_head_norm_statistics_round_trip_and_old_checkpoints_load_without_them(t
     assert plain.h_sem_norm is None and plain.p_box_norm is None
 
 
-def test_answer_echo_travels_with_the_checkpoint_and_old_ones_read_as_plain(trained, tmp_path):
-    model = build_model(tiny_recipe(answer_echo=True))
-    model.save_pretrained(tmp_path / "echo")
-    loaded = PPCRModel.from_pretrained(tmp_path / "echo")
-    processor = PPCRProcessor.from_model(loaded)
-    assert processor.answer_echo
-    semantic = processor.texts(["the red one"], [0]).semantic.input_ids[0].tolist()
-    answer = loaded.tokenizer.decode(semantic).split("ASSISTANT:")[1]
-    assert answer.startswith(" It is the red one")
-    old = json.loads((trained[1] / "config.json").read_text())
-    del old["model"]["answer_echo"]  # written before the setting existed
-    (tmp_path / "old").mkdir()
-    for entry in trained[1].iterdir():
-        (tmp_path / "old" / entry.name).symlink_to(entry)
-    (tmp_path / "old" / "config.json").unlink()
-    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
-    assert not PPCRProcessor.from_model(PPCRModel.from_pretrained(tmp_path / "old")).answer_echo
-
-
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # raised inside peft/transformers
 def test_adapters_are_readable_by_peft_itself(trained):
     from peft import PeftModel

@@ -275,26 +275,6 @@ def test_eval_templates_are_fixed_and_training_templates_are_sampled(processor):
     assert torch.equal(sampled.input_ids, again.input_ids)
 
 
-def test_answer_echo_puts_the_expression_before_seg_and_labels_it(tokenizer):
-    tok, ids = tokenizer
-    echo = PPCRProcessor(
-        tok, ids, spatial_prompt="expression", image_seq_length=16, clip_size=32, sam_size=64, max_length=60,
-        answer_echo=True,
-    )
-    text = echo.texts(["the big blue square"], [0])
-    for stage, token, answer in ((text.semantic, ids.seg, "It is the big blue square [SEG]."),
-                                 (text.spatial, ids.box, "It is the big blue square [BOX].")):
-        assert tok.decode(_answer_tokens(stage, 0)[:-1]).strip() == answer
-        row = stage.input_ids[0].tolist()
-        before = row[: row.index(token)]
-        # The state the head reads (the token before [SEG]/[BOX]) directly follows the expression.
-        assert tok.decode(before[:-1]).endswith("blue square") and tok.decode(before[-1:]).strip() in ("", "square")
-    cut = echo.texts([" ".join(["red"] * 100)], [0])
-    for stage, answer_end in ((cut.semantic, "red [SEG]."), (cut.spatial, "red [BOX].")):
-        assert int(stage.attention_mask.sum()) - 16 <= echo.max_length
-        assert tok.decode(_answer_tokens(stage, 0)[:-1]).strip().endswith(answer_end)
-
-
 def test_long_expressions_are_cut_to_the_text_budget(processor):
     long = " ".join(["red"] * 100)
     text = processor.texts([long], [0])

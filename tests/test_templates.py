@@ -156,18 +156,3 @@ def test_llava_prompt_format_and_answer_boundary():
     assert full == "USER: <image>\nCan you segment the dog in this image? ASSISTANT: It is [SEG]."
     assert full == prompt + " " + "It is [SEG]."
     assert full.count(T.IMAGE_TOKEN) == 1
-
-
-def test_answer_echo_restates_the_expression_right_before_the_token():
-    assert T.semantic_turn("  The Red ONE ", echo=True) == (
-        "Can you segment the the red one in this image?",
-        "It is the red one [SEG].",
-    )
-    rng, plain_rng = random.Random(3), random.Random(3)
-    for _ in range(50):  # the same draws as without echo, each answer gains the expression
-        echoed, plain = T.semantic_turn("dog", rng, echo=True), T.semantic_turn("dog", plain_rng)
-        assert echoed[0] == plain[0] and echoed[1] == plain[1].replace("[SEG]", "dog [SEG]")
-    assert T.spatial_turn("expression", "Red Car", echo=True)[1] == "It is red car [BOX]."
-    assert T.spatial_turn("expression+semantic", "Red Car", echo=True)[1] == "It is red car [BOX]."
-    # The semantic variant's spatial stage does not see the expression, so it cannot echo it.
-    assert T.spatial_turn("semantic", "Red Car", echo=True) == T.spatial_turn("semantic", "Red Car")

@@ -97,12 +97,6 @@ class ModelSpec:
     in the paper (its pretrained LLM does not need it) and helps a randomly initialised tiny LLM.
     ``clip_pad_to_square``: LLaVA-1.5 pads the image to a square before CLIP (True); GLaMM
     centre-crops (False). ``attn_implementation`` is passed to transformers.
-    ``answer_echo`` (not in the paper) makes each answer restate the expression right before its
-    ``[SEG]`` / ``[BOX]`` ("It is the red one [SEG]."), so the state the heads read follows the
-    expression's words; a randomly initialised LLM otherwise has to learn to carry the question
-    to the answer first, and its box ignored attribute words (benchmarks/probe_expression_use.py).
-    Only the stages whose prompt holds the expression echo it (not the ``semantic`` variant's
-    spatial stage, which sees ``<sem>`` alone).
     """
 
     size: ModelSize = "7b"
@@ -115,7 +109,6 @@ class ModelSpec:
     max_length: int = 512
     clip_pad_to_square: bool = True
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    answer_echo: bool = False
     # Base components to train too. The paper freezes them all (they are pretrained); a tiny
     # randomly initialised base has nothing to keep, so the shapes recipe trains it.
     unfreeze: list[BaseComponent] = field(default_factory=list)

@@ -149,30 +149,19 @@ def _fill(template: str, expression: str) -> str:
     return template.replace(EXPRESSION, expression)
 
 
-def _echoed(answer: str, token: str, expression: str) -> str:
-    """The answer with the expression restated right before its ``token`` (``model.answer_echo``)."""
-    return answer.replace(token, f"{expression} {token}", 1)
-
-
-def semantic_turn(expression: str, rng: random.Random | None = None, echo: bool = False) -> tuple[str, str]:
-    """(question, answer) of the semantic stage; the answer contains ``[SEG]`` once (preceded by
-    the expression with ``echo``)."""
+def semantic_turn(expression: str, rng: random.Random | None = None) -> tuple[str, str]:
+    """(question, answer) of the semantic stage; the answer contains ``[SEG]`` once."""
     text = normalise_expression(expression)
     if rng is None:
-        question, answer = _fill(EVAL_SEMANTIC_QUESTION, text), EVAL_SEMANTIC_ANSWER
-    else:
-        question, answer = _fill(rng.choice(SEMANTIC_QUESTIONS), text), rng.choice(SEMANTIC_ANSWERS)
-    return question, _echoed(answer, SEG_TOKEN, text) if echo else answer
+        return _fill(EVAL_SEMANTIC_QUESTION, text), EVAL_SEMANTIC_ANSWER
+    return _fill(rng.choice(SEMANTIC_QUESTIONS), text), rng.choice(SEMANTIC_ANSWERS)
 
 
-def spatial_turn(
-    variant: str, expression: str, rng: random.Random | None = None, echo: bool = False
-) -> tuple[str, str]:
+def spatial_turn(variant: str, expression: str, rng: random.Random | None = None) -> tuple[str, str]:
     """(question, answer) of the spatial stage for a ``spatial_prompt`` variant.
 
     The answer contains ``[BOX]`` once; the question contains ``<sem>`` once for the ``semantic``
-    and ``expression+semantic`` variants. ``none`` has no spatial stage and is refused. ``echo``
-    restates the expression before ``[BOX]`` in the variants whose question holds it.
+    and ``expression+semantic`` variants. ``none`` has no spatial stage and is refused.
     """
     if variant not in SPATIAL_QUESTIONS:
         known = ", ".join(SPATIAL_QUESTIONS)
@@ -184,11 +173,8 @@ def spatial_turn(
         raise RecipeError(f"unknown spatial_prompt variant {variant!r}", hint=f"use one of: {known}")
     text = normalise_expression(expression)
     if rng is None:
-        question, answer = _fill(EVAL_SPATIAL_QUESTIONS[variant], text), EVAL_SPATIAL_ANSWER
-    else:
-        question, answer = _fill(rng.choice(SPATIAL_QUESTIONS[variant]), text), rng.choice(SPATIAL_ANSWERS)
-    names_expression = EXPRESSION in SPATIAL_QUESTIONS[variant][0]
-    return question, _echoed(answer, BOX_TOKEN, text) if echo and names_expression else answer
+        return _fill(EVAL_SPATIAL_QUESTIONS[variant], text), EVAL_SPATIAL_ANSWER
+    return _fill(rng.choice(SPATIAL_QUESTIONS[variant]), text), rng.choice(SPATIAL_ANSWERS)
 
 
 LLAVA_USER_PREFIX = f"USER: {IMAGE_TOKEN}\n"

@@ -70,7 +70,6 @@ class PPCRProcessor:
         clip_pad_to_square: bool = True,
         max_length: int = 512,
         image_start_end: bool = False,
-        answer_echo: bool = False,
     ):
         self.tokenizer = tokenizer
         self.token_ids = token_ids
@@ -78,7 +77,6 @@ class PPCRProcessor:
         if self.image_start_end:
             _require_single_tokens(tokenizer, (IMAGE_START_TOKEN, IMAGE_END_TOKEN))
         self.spatial_prompt = spatial_prompt
-        self.answer_echo = bool(answer_echo)
         self.image_seq_length = int(image_seq_length)
         self.max_length = int(max_length)
         self.clip = ClipPreprocess(size=clip_size, pad_to_square=clip_pad_to_square)
@@ -101,7 +99,6 @@ class PPCRProcessor:
             clip_pad_to_square=model.spec.clip_pad_to_square,
             max_length=model.spec.max_length,
             image_start_end=prompt_format(model).image_start_end,
-            answer_echo=model.spec.answer_echo,
         )
 
     # ------------------------------------------------------------------ text
@@ -169,10 +166,9 @@ class PPCRProcessor:
 
     def _stage_builders(self, rng: random.Random | None) -> list:
         """(question, answer) builders of each stage this variant runs: semantic, then spatial."""
-        echo = self.answer_echo
-        builders = [lambda text: templates.semantic_turn(text, rng, echo)]
+        builders = [lambda text: templates.semantic_turn(text, rng)]
         if self.spatial_prompt != "none":
-            builders.append(lambda text: templates.spatial_turn(self.spatial_prompt, text, rng, echo))
+            builders.append(lambda text: templates.spatial_turn(self.spatial_prompt, text, rng))
         return builders
 
     def _pad(self, rows: list[tuple[list[int], list[int]]]) -> StageInputs:
