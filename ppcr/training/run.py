@@ -83,7 +83,7 @@ def train(
     check_train_spec(recipe.train, world_size)
     if recipe.data.sentences_per_image < 1:
         raise RecipeError(f"data.sentences_per_image: must be at least 1, got {recipe.data.sentences_per_image}")
-    check_loss_spec(recipe)
+    check_loss_spec(recipe.loss)
     check_run_dir(out, recipe, resume, world_size)
 
     request = RunRequest(
