@@ -34,14 +34,11 @@ def box_spreads(model, processor, dataset, images: int) -> tuple[float, float]:
     predicted, truth = [], []
     for path, samples in [(p, s) for p, s in by_image.items() if len(s) > 1][:images]:
         samples = samples[:SENTENCES_PER_IMAGE]
-        batch = processor([PPCRSample(path, s.text, image_key=0) for s in samples])
+        batch = processor([PPCRSample(path, s.text, box_xyxy=s.box_xyxy, image_key=0) for s in samples])
         with torch.no_grad():
             out = model.segment(model.encode_images(batch.images), batch.text)
-        height, width = batch.images.original_sizes[0]
-        gt = torch.tensor([[s.box_xyxy[0] / width, s.box_xyxy[1] / height, s.box_xyxy[2] / width,
-                            s.box_xyxy[3] / height] for s in samples])
         predicted.append(float(out.boxes.std(0).mean()))
-        truth.append(float(gt.std(0).mean()))
+        truth.append(float(batch.gt_boxes.std(0).mean()))  # normalised by the processor
     return float(np.mean(predicted)), float(np.mean(truth))
 
 
