@@ -25,9 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from ppcr.config.loss_checks import check_loss_spec
+from ppcr.config.recipe_checks import check_data_spec, check_loss_spec
 from ppcr.config.schema import Recipe
-from ppcr.errors import RecipeError
 from ppcr.training.errors import TrainingError, error_from_dict
 from ppcr.training.layout import RECIPE_FILE, RUN_ENTRIES, STATE_DIR
 from ppcr.training.plan import check_train_spec
@@ -81,8 +80,7 @@ def train(
             hint="under deepspeed/torchrun, leave --nproc at 1",
         )
     check_train_spec(recipe.train, world_size)
-    if recipe.data.sentences_per_image < 1:
-        raise RecipeError(f"data.sentences_per_image: must be at least 1, got {recipe.data.sentences_per_image}")
+    check_data_spec(recipe.data)
     check_loss_spec(recipe.loss)
     check_run_dir(out, recipe, resume, world_size)
 
