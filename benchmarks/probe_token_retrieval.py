@@ -25,11 +25,12 @@ import argparse
 import platform
 import random
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 from probe_grounding import image_phrases
-from probe_shapes_learning import write_result
+from probe_shapes_learning import probe_optimizer, write_result
 
 
 def image_tokens(model, processor, table: dict) -> dict[int, torch.Tensor]:
@@ -71,9 +72,7 @@ class Retriever(torch.nn.Module):
         embeds = torch.cat([self.tokens_in(tokens), self.word(words)[:, None]], dim=1)
         with self.model.adapters.use(SPATIAL):
             mask = torch.ones(embeds.shape[:2], dtype=torch.long)
-            state = self.model.language_model(
-                inputs_embeds=embeds, attention_mask=mask
-            ).last_hidden_state[:, -1]
+            state = self.model._language_model(embeds, mask).last_hidden_state[:, -1]
         return self.head(self.norm(state) if self.norm is not None else state).sigmoid()
 
 
@@ -127,17 +126,15 @@ def main() -> None:
         }
     )
 
-    llm = build_train_model(load_recipe("shapes", list(args.overrides))).model
+    recipe = load_recipe("shapes", list(args.overrides))
+    llm = build_train_model(recipe).model
     for name, parameter in llm.named_parameters():
         parameter.requires_grad_("language_model" in name)
     net = Retriever(llm, len(phrases), args.head_norm)
     trainable = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable, args.lr, betas=(0.9, 0.95), weight_decay=0.0
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 100) * max(0.0, 1.0 - s / args.steps)
-    )
+    # The probes' AdamW and schedule (the recipe's betas and warm-up), everything at --lr.
+    train = replace(recipe.train, lr=args.lr)
+    optimizer, schedule = probe_optimizer(train, trainable, [], args.lr, args.steps)
     rng = random.Random(0)
 
     def batch(table, tokens, chosen, every_object: bool):
@@ -163,7 +160,7 @@ def main() -> None:
         loss = (net(tokens, words) - boxes).abs().mean()
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
         optimizer.step()
         schedule.step()
         window.append(float(loss.detach()))
