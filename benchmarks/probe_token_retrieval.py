@@ -12,6 +12,16 @@ Training only the box L1, a step takes about 40 ms on one core, so knobs are com
 * ``--head-norm``: the last state standardised per feature (BatchNorm) before the MLP, as
   ``model.head_norm: batch``;
 * ``--single``: one object per image and step instead of every unique-colour object;
+* ``--per-image``: each image's tokens standardised over its own tokens (stateless, no dataset
+  statistics; replaces ``--standardise``);
+* ``--word-std``: the colour words' initial std (default 1, ``nn.Embedding``'s; the tiny LLM's
+  own token embeddings start at ``init_std``);
+* ``--readout-after``: one more input after the word, a learned vector that is the same for every
+  query, and the box is read there. That is PPCR's case: the heads read the state before
+  ``[BOX]``/``[SEG]``, a template token, so the LLM must first bring the named colour to that
+  position and then find the object (two hops instead of one);
+* ``--fresh-tokens``: the image tokens of a freshly initialised model (random CLIP) instead of a
+  checkpoint's;
 * recipe overrides (``model.tiny.init_std=0.06``) and ``--lr`` for the LLM.
 
     .venv/bin/python benchmarks/probe_token_retrieval.py --standardise --lr 1e-3 model.tiny.init_std=0.06
@@ -48,14 +58,31 @@ def image_tokens(model, processor, table: dict) -> dict[int, torch.Tensor]:
     return tokens
 
 
+def per_image(tokens: torch.Tensor) -> torch.Tensor:
+    """One image's tokens (n×d) standardised per feature over its own n tokens."""
+    return (tokens - tokens.mean(0)) / (tokens.std(0) + 1e-5)
+
+
 class Retriever(torch.nn.Module):
     """Learned colour word after the image tokens → tiny LLM (spatial adapter) → MLP → box."""
 
-    def __init__(self, model, phrases: int, head_norm: bool):
+    def __init__(
+        self,
+        model,
+        phrases: int,
+        head_norm: bool,
+        word_std: float | None = None,
+        readout_after: bool = False,
+    ):
         super().__init__()
         self.model = model
         hidden = model.hidden_size
         self.word = torch.nn.Embedding(phrases, hidden)
+        if word_std is not None:
+            torch.nn.init.normal_(self.word.weight, std=word_std)
+        self.readout = (
+            torch.nn.Parameter(torch.randn(1, 1, hidden)) if readout_after else None
+        )
         self.tokens_in = torch.nn.Linear(hidden, hidden)
         self.norm = (
             torch.nn.BatchNorm1d(hidden, affine=False, momentum=0.01)
@@ -70,6 +97,9 @@ class Retriever(torch.nn.Module):
         from ppcr.modeling.adapters import SPATIAL
 
         embeds = torch.cat([self.tokens_in(tokens), self.word(words)[:, None]], dim=1)
+        if self.readout is not None:
+            readout = self.readout.expand(embeds.shape[0], 1, -1)
+            embeds = torch.cat([embeds, readout], dim=1)
         with self.model.adapters.use(SPATIAL):
             mask = torch.ones(embeds.shape[:2], dtype=torch.long)
             state = self.model._language_model(embeds, mask).last_hidden_state[:, -1]
@@ -90,6 +120,10 @@ def main() -> None:
     parser.add_argument("--standardise", action="store_true")
     parser.add_argument("--head-norm", action="store_true")
     parser.add_argument("--single", action="store_true")
+    parser.add_argument("--per-image", action="store_true")
+    parser.add_argument("--word-std", type=float, default=None)
+    parser.add_argument("--readout-after", action="store_true")
+    parser.add_argument("--fresh-tokens", action="store_true")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--images", type=int, default=8, help="images per step")
@@ -104,7 +138,10 @@ def main() -> None:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    source = PPCRModel.from_pretrained(resolve_model_dir(args.tokens_from)).eval()
+    if args.fresh_tokens:
+        source = build_train_model(load_recipe("shapes", [])).model.eval()
+    else:
+        source = PPCRModel.from_pretrained(resolve_model_dir(args.tokens_from)).eval()
     processor = PPCRProcessor.from_model(source)
     train_set = image_phrases(args.data_root, "train", "colour")
     val_set = image_phrases(args.data_root, "val", "colour")
@@ -112,6 +149,9 @@ def main() -> None:
         image_tokens(source, processor, train_set),
         image_tokens(source, processor, val_set),
     )
+    if args.per_image:
+        train_tokens = {k: per_image(v) for k, v in train_tokens.items()}
+        val_tokens = {k: per_image(v) for k, v in val_tokens.items()}
     if args.standardise:
         flat = torch.stack(list(train_tokens.values())).flatten(0, 1)
         mean, std = flat.mean(0), flat.std(0) + 1e-6
@@ -130,7 +170,9 @@ def main() -> None:
     llm = build_train_model(recipe).model
     for name, parameter in llm.named_parameters():
         parameter.requires_grad_("language_model" in name)
-    net = Retriever(llm, len(phrases), args.head_norm)
+    net = Retriever(
+        llm, len(phrases), args.head_norm, args.word_std, args.readout_after
+    )
     trainable = [p for p in net.parameters() if p.requires_grad]
     # The probes' AdamW and schedule (the recipe's betas and warm-up), everything at --lr.
     train = replace(recipe.train, lr=args.lr)
@@ -183,6 +225,10 @@ def main() -> None:
         "standardise": args.standardise,
         "head_norm": args.head_norm,
         "single": args.single,
+        "per_image": args.per_image,
+        "word_std": args.word_std,
+        "readout_after": args.readout_after,
+        "tokens": "fresh" if args.fresh_tokens else (args.tokens_from or "embedded"),
         "lr": args.lr,
         "steps": args.steps,
         "images_per_step": args.images,
