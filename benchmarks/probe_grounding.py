@@ -13,6 +13,11 @@ read the same CLIP → projector tokens, so they separate readout from retrieval
 * ``cross-attention``: a learned query per phrase attends over the projector tokens through one
   ``nn.MultiheadAttention`` (a clean retrieval on the same tokens).
 
+``--readout word`` reads the llm head's state at the phrase's last word instead of before
+``[BOX]``: the tiny tokenizer writes ``"red [BOX]"`` as ``red``, a lone space, ``[BOX]``, so
+PPCR's readout sits on the space, the same token for every phrase, and the LLM must first carry
+the phrase there (see probe_token_retrieval.py ``--readout-after``).
+
 Reports training L1 per 100 steps, the val L1 (each of an image's first three objects asked for
 alone) and, for ``llm``, the share of each layer's image attention on the target's patches.
 
@@ -77,15 +82,24 @@ def box_cells(size: tuple[int, int], box: list[float], grid: int) -> torch.Tenso
 class Probe(torch.nn.Module):
     """The model plus the two control heads; ``forward`` gives predicted and true boxes."""
 
-    def __init__(self, module, head: str, phrases: list[str]):
+    def __init__(self, module, head: str, phrases: list[str], readout: str = "before-box"):
         super().__init__()
-        self.module, self.head, self.phrases = module, head, phrases
+        self.module, self.head, self.phrases, self.readout = module, head, phrases, readout
         model = module.model
         hidden = model.hidden_size
         self.grid = round(model.image_seq_length**0.5)
         self.query = torch.nn.Embedding(len(phrases), hidden)
         self.attention = torch.nn.MultiheadAttention(hidden, 4, batch_first=True)
         self.readout = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 4))
+
+    def readout_offset(self, input_ids: torch.Tensor, where: torch.Tensor) -> int:
+        """How far before each ``[BOX]`` the llm head reads (``--readout``)."""
+        if self.readout == "before-box":
+            return 1
+        spaces = input_ids[where[:, 0], where[:, 1] - 1]
+        if not bool((spaces == spaces[0]).all()):
+            raise SystemExit("--readout word expects one space token before every [BOX]")
+        return 2
 
     def stage(self, groups: list[list[tuple[str, list[float]]]]):
         """The spatial-stage inputs asking for each group's phrases, padded as the processor pads."""
@@ -111,7 +125,9 @@ class Probe(torch.nn.Module):
             stage = self.stage(groups)
             hidden = model._stage_hidden(SPATIAL, stage, tokens, torch.arange(len(groups)), None, share_prefix=False)
             where = (stage.input_ids == model.token_ids.box).nonzero()
-            states = hidden[where[:, 0], where[:, 1] - 1]
+            # The tiny tokenizer writes "red [BOX]" as "red", " ", "[BOX]": the state before
+            # [BOX] (PPCR's readout) sits on the space; --readout word reads the word itself.
+            states = hidden[where[:, 0], where[:, 1] - self.readout_offset(stage.input_ids, where)]
         states = model.p_box_norm(states) if model.p_box_norm is not None else states
         return model.box_head(states, tokens[owner]), truth
 
@@ -126,7 +142,8 @@ def attention_shares(probe: Probe, images, sizes, groups) -> list[dict]:
     with torch.no_grad():
         tokens = model.encode_images(probe.module.processor.images(images)).clip_tokens
         out = stage_attention(model, stage, model._input_embeddings(stage.input_ids, tokens, None), SPATIAL)
-    queries = (stage.input_ids == model.token_ids.box).nonzero()[:, 1] - 1
+    where = (stage.input_ids == model.token_ids.box).nonzero()
+    queries = where[:, 1] - probe.readout_offset(stage.input_ids, where)
     image_slots = stage.input_ids[0] == model.token_ids.image
     cells = [box_cells(sizes[k], g[0][1], probe.grid) for k, g in enumerate(groups)]
     uniform = float(np.mean([c.float().mean() for c in cells]))
@@ -146,6 +163,12 @@ def main() -> None:
     parser.add_argument("--head", choices=["llm", "oracle", "cross-attention"], default="llm")
     parser.add_argument("--phrase", choices=["colour", "colour-shape"], default="colour")
     parser.add_argument("--single", action="store_true", help="one object per image instead of all")
+    parser.add_argument(
+        "--readout",
+        choices=["before-box", "word"],
+        default="before-box",
+        help="llm head: read the state before [BOX] (PPCR's, a space token here) or at the phrase's last word",
+    )
     parser.add_argument("--recipe", default="shapes")
     parser.add_argument("--data-root", default="data/shapes")
     parser.add_argument("--steps", type=int, default=1500)
@@ -163,7 +186,7 @@ def main() -> None:
     train_set = image_phrases(args.data_root, "train", args.phrase)
     val_set = image_phrases(args.data_root, "val", args.phrase)
     phrases = sorted({p for _, objects in [*train_set.values(), *val_set.values()] for p, _ in objects})
-    probe = Probe(build_train_model(recipe), args.head, phrases)
+    probe = Probe(build_train_model(recipe), args.head, phrases, args.readout)
     images: dict[int, object] = {}
 
     def load(image_id: int, table):
@@ -220,6 +243,7 @@ def main() -> None:
         "head": args.head,
         "phrase": args.phrase,
         "dense": not args.single,
+        "readout": args.readout,
         "overrides": args.overrides,
         "steps": args.steps,
         "batch_images": train.batch_size,
