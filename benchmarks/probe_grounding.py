@@ -84,7 +84,7 @@ class Probe(torch.nn.Module):
 
     def __init__(self, module, head: str, phrases: list[str], readout: str = "before-box"):
         super().__init__()
-        self.module, self.head, self.phrases, self.readout = module, head, phrases, readout
+        self.module, self.head, self.phrases, self.read_at = module, head, phrases, readout
         model = module.model
         hidden = model.hidden_size
         self.grid = round(model.image_seq_length**0.5)
@@ -94,7 +94,7 @@ class Probe(torch.nn.Module):
 
     def readout_offset(self, input_ids: torch.Tensor, where: torch.Tensor) -> int:
         """How far before each ``[BOX]`` the llm head reads (``--readout``)."""
-        if self.readout == "before-box":
+        if self.read_at == "before-box":
             return 1
         spaces = input_ids[where[:, 0], where[:, 1] - 1]
         if not bool((spaces == spaces[0]).all()):

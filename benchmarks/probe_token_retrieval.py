@@ -12,16 +12,16 @@ Training only the box L1, a step takes about 40 ms on one core, so knobs are com
 * ``--head-norm``: the last state standardised per feature (BatchNorm) before the MLP, as
   ``model.head_norm: batch``;
 * ``--single``: one object per image and step instead of every unique-colour object;
-* ``--per-image``: each image's tokens standardised over its own tokens (stateless, no dataset
-  statistics; replaces ``--standardise``);
+* ``--per-image``: each image's tokens standardised per feature over its own tokens (stateless,
+  as a model could do it; ``--standardise`` uses training-set statistics);
 * ``--word-std``: the colour words' initial std (default 1, ``nn.Embedding``'s; the tiny LLM's
   own token embeddings start at ``init_std``);
 * ``--readout-after``: one more input after the word, a learned vector that is the same for every
   query, and the box is read there. That is PPCR's case: the heads read the state before
   ``[BOX]``/``[SEG]``, a template token, so the LLM must first bring the named colour to that
   position and then find the object (two hops instead of one);
-* ``--fresh-tokens``: the image tokens of a freshly initialised model (random CLIP) instead of a
-  checkpoint's;
+* ``--fresh-tokens``: the image tokens of a freshly initialised shapes-recipe model (random CLIP,
+  the recipe's own init, not the overrides) instead of a checkpoint's;
 * recipe overrides (``model.tiny.init_std=0.06``) and ``--lr`` for the LLM.
 
     .venv/bin/python benchmarks/probe_token_retrieval.py --standardise --lr 1e-3 model.tiny.init_std=0.06
