@@ -25,6 +25,9 @@ Training only the box L1, a step takes about 40 ms on one core, so knobs are com
 * recipe overrides (``model.tiny.init_std=0.06``) and ``--lr`` for the LLM.
 
     .venv/bin/python benchmarks/probe_token_retrieval.py --standardise --lr 1e-3 model.tiny.init_std=0.06
+    ppcr prepare shapes --out /tmp/sh10k --images 10000   # two steps need more images than 986
+    .venv/bin/python benchmarks/probe_token_retrieval.py --fresh-tokens --per-image --readout-after \
+        --lr 1e-3 --steps 4000 --data-root /tmp/sh10k model.tiny.init_std=0.06
 
 Results are printed and written to ``benchmarks/results/token_retrieval_<tag>.json``.
 """
@@ -229,6 +232,8 @@ def main() -> None:
         "word_std": args.word_std,
         "readout_after": args.readout_after,
         "tokens": "fresh" if args.fresh_tokens else (args.tokens_from or "embedded"),
+        "data_root": args.data_root,
+        "train_images": len(train_set),
         "lr": args.lr,
         "steps": args.steps,
         "images_per_step": args.images,
