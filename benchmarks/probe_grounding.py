@@ -92,14 +92,19 @@ class Probe(torch.nn.Module):
         self.attention = torch.nn.MultiheadAttention(hidden, 4, batch_first=True)
         self.readout = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 4))
 
-    def readout_offset(self, input_ids: torch.Tensor, where: torch.Tensor) -> int:
-        """How far before each ``[BOX]`` the llm head reads (``--readout``)."""
+    def readout_positions(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, position) of the state the llm head reads for each ``[BOX]`` (``--readout``).
+
+        The tiny tokenizer writes ``"red [BOX]"`` as ``red``, a space, ``[BOX]``: the state before
+        ``[BOX]`` (PPCR's readout) sits on the space; ``word`` reads the word itself.
+        """
+        rows, boxes = (input_ids == self.module.model.token_ids.box).nonzero().unbind(1)
         if self.read_at == "before-box":
-            return 1
-        spaces = input_ids[where[:, 0], where[:, 1] - 1]
+            return rows, boxes - 1
+        spaces = input_ids[rows, boxes - 1]
         if not bool((spaces == spaces[0]).all()):
             raise SystemExit("--readout word expects one space token before every [BOX]")
-        return 2
+        return rows, boxes - 2
 
     def stage(self, groups: list[list[tuple[str, list[float]]]]):
         """The spatial-stage inputs asking for each group's phrases, padded as the processor pads."""
@@ -124,10 +129,7 @@ class Probe(torch.nn.Module):
         else:
             stage = self.stage(groups)
             hidden = model._stage_hidden(SPATIAL, stage, tokens, torch.arange(len(groups)), None, share_prefix=False)
-            where = (stage.input_ids == model.token_ids.box).nonzero()
-            # The tiny tokenizer writes "red [BOX]" as "red", " ", "[BOX]": the state before
-            # [BOX] (PPCR's readout) sits on the space; --readout word reads the word itself.
-            states = hidden[where[:, 0], where[:, 1] - self.readout_offset(stage.input_ids, where)]
+            states = hidden[self.readout_positions(stage.input_ids)]
         states = model.p_box_norm(states) if model.p_box_norm is not None else states
         return model.box_head(states, tokens[owner]), truth
 
@@ -142,8 +144,7 @@ def attention_shares(probe: Probe, images, sizes, groups) -> list[dict]:
     with torch.no_grad():
         tokens = model.encode_images(probe.module.processor.images(images)).clip_tokens
         out = stage_attention(model, stage, model._input_embeddings(stage.input_ids, tokens, None), SPATIAL)
-    where = (stage.input_ids == model.token_ids.box).nonzero()
-    queries = where[:, 1] - probe.readout_offset(stage.input_ids, where)
+    queries = probe.readout_positions(stage.input_ids)[1]
     image_slots = stage.input_ids[0] == model.token_ids.image
     cells = [box_cells(sizes[k], g[0][1], probe.grid) for k, g in enumerate(groups)]
     uniform = float(np.mean([c.float().mean() for c in cells]))

@@ -114,11 +114,13 @@ def main() -> None:
     parser.add_argument(
         "overrides", nargs="*", help="recipe overrides for the fresh LLM, key=value"
     )
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
         "--tokens-from",
         default=None,
         help="PPCR checkpoint for the image tokens (default: embedded)",
     )
+    source.add_argument("--fresh-tokens", action="store_true")
     parser.add_argument("--data-root", default="data/shapes")
     parser.add_argument("--standardise", action="store_true")
     parser.add_argument("--head-norm", action="store_true")
@@ -126,7 +128,6 @@ def main() -> None:
     parser.add_argument("--per-image", action="store_true")
     parser.add_argument("--word-std", type=float, default=None)
     parser.add_argument("--readout-after", action="store_true")
-    parser.add_argument("--fresh-tokens", action="store_true")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--images", type=int, default=8, help="images per step")
