@@ -22,6 +22,7 @@ from ppcr.config.schema import DataSpec, Recipe, TrainSpec
 from ppcr.errors import CheckpointError, DataError, PPCRError, RecipeError
 from ppcr.training.checkpointing import clean_run_temporaries, trainable_digest
 from ppcr.training.data import ResumableDistributedSampler
+from ppcr.training.metrics import progress_info
 from ppcr.training.deepspeed_config import build_deepspeed_config, resolve_precision
 from ppcr.training.errors import NonFiniteLossError, TrainingError, error_from_dict, error_to_dict
 from ppcr.training.param_groups import optimizer_groups
@@ -269,6 +270,12 @@ def test_per_group_learning_rates_reach_the_scheduler_and_need_a_model_that_spli
     assert len(groups[0]["params"]) == len([p for p in model.parameters() if p.requires_grad])
     with pytest.raises(TrainingError, match="does not say which parameters are the MLLM's"):
         optimizer_groups(model, make_recipe(mllm_lr=1e-4).train)
+
+
+def test_progress_text_shows_every_group_lr():
+    row = {"loss": 1.25, "losses": {"bce": 0.5}, "lr": 3e-3, "samples_per_s": 96.04}
+    assert progress_info(row) == "loss=1.25 bce=0.5 lr=0.003 96.0 samples/s"
+    assert "lr=0.003/0.0003 " in progress_info({**row, "group_lrs": [3e-3, 3e-4]})
 
 
 def test_rank_errors_travel_as_their_own_class():

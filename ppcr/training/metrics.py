@@ -81,9 +81,7 @@ class MetricsLog:
             handle.write(json.dumps(row) + "\n")
             handle.flush()
         if self._progress is not None:
-            terms = " ".join(f"{k}={v:.4g}" for k, v in row.get("losses", {}).items())
-            info = f"loss={row['loss']:.4g} {terms} lr={row['lr']:.3g} {row['samples_per_s']:.1f} samples/s"
-            self._progress.update(self._task, completed=row["step"], info=info)
+            self._progress.update(self._task, completed=row["step"], info=progress_info(row))
         if self.on_log is not None:
             self.on_log(row)
 
@@ -165,3 +163,11 @@ def write_env(run_dir: Path, env: dict[str, Any]) -> Path:
         env = {**env, "previous_launches": previous}
     # default=str: run facts may hold paths or other objects; allow_nan: never fail a run over env.json
     return atomic_save_json(path, env, allow_nan=True, default=str)
+
+
+def progress_info(row: dict[str, Any]) -> str:
+    """The progress bar's text for one metrics row: every parameter group's lr, not only the
+    first, so a recipe with ``train.mllm_lr`` shows both schedules."""
+    terms = " ".join(f"{k}={v:.4g}" for k, v in row.get("losses", {}).items())
+    lr = "/".join(f"{value:.3g}" for value in row.get("group_lrs", [row["lr"]]))
+    return f"loss={row['loss']:.4g} {terms} lr={lr} {row['samples_per_s']:.1f} samples/s"
