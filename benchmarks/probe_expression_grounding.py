@@ -35,14 +35,12 @@ from __future__ import annotations
 import argparse
 import platform
 import random
-import time
 from collections import defaultdict
 from dataclasses import replace
 
-import numpy as np
 import torch
 from probe_grounding import image_phrases
-from probe_shapes_learning import probe_optimizer, write_result
+from probe_shapes_learning import probe_optimizer, train_l1_steps, write_result
 from probe_token_retrieval import image_tokens, per_image
 
 DATASETS = ("shapes", "shapes+", "shapesg")
@@ -83,9 +81,18 @@ def colour_rows(root: str, split: str) -> list[tuple[str, int, str, list[float]]
 class ExpressionGrounder(torch.nn.Module):
     """Image tokens, the expression's tokens, one learned readout → tiny LLM (spatial adapter) → box."""
 
-    def __init__(self, model, tokens: dict[int, torch.Tensor], readout_std: float):
+    def __init__(
+        self,
+        model,
+        tokens: dict[int, torch.Tensor],
+        texts: list[str],
+        readout_std: float,
+    ):
         super().__init__()
         self.model, self.tokens = model, tokens
+        # Every expression tokenised once here, not on every step.
+        encoded = model.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        self.text_ids = {text: torch.tensor(ids) for text, ids in zip(texts, encoded)}
         hidden = model.hidden_size
         self.tokens_in = torch.nn.Linear(hidden, hidden)
         self.readout = torch.nn.Parameter(torch.randn(1, hidden) * readout_std)
@@ -98,19 +105,15 @@ class ExpressionGrounder(torch.nn.Module):
         from ppcr.modeling.adapters import SPATIAL
 
         embeddings = self.model.llava.get_input_embeddings()
-        texts = [
-            self.model.tokenizer(r[2], add_special_tokens=False)["input_ids"]
-            for r in rows
-        ]
         sequences = [
             torch.cat(
                 [
                     self.tokens_in(self.tokens[r[1]]),
-                    embeddings(torch.tensor(ids)),
+                    embeddings(self.text_ids[r[2]]),
                     self.readout,
                 ]
             )
-            for r, ids in zip(rows, texts)
+            for r in rows
         ]
         # Right padding: causal attention keeps the padding out of every readout.
         read_at = torch.tensor([len(s) - 1 for s in sequences])
@@ -197,7 +200,10 @@ def main() -> None:
     for name, parameter in model.named_parameters():
         parameter.requires_grad_("language_model" in name)
     model.llava.get_input_embeddings().weight.requires_grad_(True)
-    net = ExpressionGrounder(model, tokens, args.emb_std or recipe.model.tiny.init_std)
+    texts = sorted({r[2] for r in train_rows + val_rows + colour_train + colour_val})
+    net = ExpressionGrounder(
+        model, tokens, texts, args.emb_std or recipe.model.tiny.init_std
+    )
     trainable = list({id(p): p for p in net.parameters() if p.requires_grad}.values())
     train = replace(recipe.train, lr=args.lr)
     optimizer, schedule = probe_optimizer(train, trainable, [], args.lr, args.steps)
@@ -220,29 +226,20 @@ def main() -> None:
             ]
         return rng.sample(train_rows, args.batch)
 
-    losses, checks, window, started = [], [], [], time.perf_counter()
-    for step in range(1, args.steps + 1):
+    checks = []
+
+    def step_loss(step: int) -> torch.Tensor:
         rows = draw(step)
-        loss = (net(rows) - torch.tensor([r[3] for r in rows])).abs().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
-        optimizer.step()
-        schedule.step()
-        window.append(float(loss.detach()))
-        if step % 250 == 0 or step == args.steps:
-            losses.append(
-                {
-                    "step": step,
-                    "l1": round(float(np.mean(window)), 4),
-                    "seconds": round(time.perf_counter() - started, 1),
-                }
-            )
-            print(losses[-1], flush=True)
-            window = []
+        return (net(rows) - torch.tensor([r[3] for r in rows])).abs().mean()
+
+    def validate(step: int) -> None:
         if step % args.val_every == 0 and step < args.steps:
             checks.append({"step": step, "val": score(net, val_rows, 800)})
             print(checks[-1], flush=True)
+
+    losses = train_l1_steps(
+        step_loss, trainable, optimizer, schedule, train.grad_clip, args.steps, validate
+    )
     final = score(net, val_rows + colour_val, None)
     result = {
         "overrides": args.overrides,

@@ -146,6 +146,30 @@ def probe_optimizer(train, heads: list, mllm: list, mllm_lr: float, steps: int):
     return optimizer, schedule
 
 
+def train_l1_steps(step_loss, trainable: list, optimizer, schedule, grad_clip: float, steps: int, after_step=None) -> list[dict]:
+    """The fixed-token probes' loop: ``step_loss(step)`` gives the step's L1, which is minimised
+    with clipped gradients; returns (and prints) its mean every 250 steps and at the end.
+    ``after_step(step)`` runs after each update (a periodic validation)."""
+    losses, window, started = [], [], time.perf_counter()
+    for step in range(1, steps + 1):
+        loss = step_loss(step)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+        optimizer.step()
+        schedule.step()
+        window.append(float(loss.detach()))
+        if step % 250 == 0 or step == steps:
+            losses.append(
+                {"step": step, "l1": round(float(np.mean(window)), 4), "seconds": round(time.perf_counter() - started, 1)}
+            )
+            print(losses[-1], flush=True)
+            window = []
+        if after_step is not None:
+            after_step(step)
+    return losses
+
+
 def write_result(name: str, result: dict) -> None:
     """``benchmarks/results/<name>.json``."""
     RESULTS.mkdir(exist_ok=True)

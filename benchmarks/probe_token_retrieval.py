@@ -37,13 +37,11 @@ from __future__ import annotations
 import argparse
 import platform
 import random
-import time
 from dataclasses import replace
 
-import numpy as np
 import torch
 from probe_grounding import image_phrases
-from probe_shapes_learning import probe_optimizer, write_result
+from probe_shapes_learning import probe_optimizer, train_l1_steps, write_result
 
 
 def image_tokens(model, processor, table: dict) -> dict[int, torch.Tensor]:
@@ -198,28 +196,17 @@ def main() -> None:
             torch.tensor([r[2] for r in rows], dtype=torch.float32),
         )
 
-    losses, window, started, ids = [], [], time.perf_counter(), sorted(train_set)
-    for step in range(1, args.steps + 1):
+    ids = sorted(train_set)
+
+    def step_loss(step: int) -> torch.Tensor:
         tokens, words, boxes = batch(
             train_set, train_tokens, rng.sample(ids, args.images), not args.single
         )
-        loss = (net(tokens, words) - boxes).abs().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
-        optimizer.step()
-        schedule.step()
-        window.append(float(loss.detach()))
-        if step % 250 == 0 or step == args.steps:
-            losses.append(
-                {
-                    "step": step,
-                    "l1": round(float(np.mean(window)), 4),
-                    "seconds": round(time.perf_counter() - started, 1),
-                }
-            )
-            print(losses[-1], flush=True)
-            window = []
+        return (net(tokens, words) - boxes).abs().mean()
+
+    losses = train_l1_steps(
+        step_loss, trainable, optimizer, schedule, train.grad_clip, args.steps
+    )
     net.eval()
     with torch.no_grad():
         tokens, words, boxes = batch(val_set, val_tokens, sorted(val_set), True)
