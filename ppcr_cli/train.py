@@ -36,7 +36,8 @@ def train_command(
     """Train PPCR with DeepSpeed (ZeRO-2, AdamW, WarmupDecayLR) as a recipe says.
 
     Writes recipe.yaml, env.json, metrics.jsonl, checkpoints/, state/ and final/ into the run
-    directory; final/ is a PPCR checkpoint for `ppcr eval` and `ppcr predict`.
+    directory; final/ is a PPCR checkpoint for `ppcr eval` and `ppcr predict`. One run at a time
+    may use a run directory: a second one on the same --out is refused while the first runs.
     """
     from ppcr.config.loading import load_recipe
     from ppcr.errors import PPCRError

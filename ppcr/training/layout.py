@@ -8,4 +8,5 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_DIR = "state"
 FINAL_DIR = "final"
+LOCK_FILE = ".ppcr-train.lock"  # held by the running training (ppcr.training.run_lock); not a run entry
 RUN_ENTRIES = (RECIPE_FILE, ENV_FILE, METRICS_FILE, CHECKPOINTS_DIR, STATE_DIR, FINAL_DIR)

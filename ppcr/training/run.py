@@ -8,6 +8,7 @@ Run directory layout (every file and folder written atomically)::
     <out>/checkpoints/step_000100/    model.save_pretrained export every train.save_every steps
     <out>/state/step_000100/, latest  DeepSpeed resumable state (newest only)
     <out>/final/                      model.save_pretrained export at the end
+    <out>/.ppcr-train.lock            held while a run trains here (a second run is refused)
 
 Everything that can be checked without data or model (train settings, world size, the run
 directory, the recipe on resume) is checked here before any process starts; the dataset length
@@ -16,6 +17,7 @@ is checked on the ranks before the model is built.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +34,7 @@ from ppcr.training.layout import RECIPE_FILE, RUN_ENTRIES, STATE_DIR
 from ppcr.training.plan import check_train_spec
 from ppcr.training.request import RunRequest
 from ppcr.training.result import TrainResult
+from ppcr.training.run_lock import run_directory_lock
 
 Launcher = Literal["auto", "spawn", "deepspeed"]
 # Keys that may change between an interrupted run and its resume without changing the training.
@@ -61,13 +64,7 @@ def train(
     called on rank 0 with each metrics row (in rank 0's process). Raises PPCRError subclasses for
     bad settings, a bad run directory, and :class:`~ppcr.training.errors.NonFiniteLossError`.
     """
-    from ppcr.training.distributed import (
-        environment,
-        external_world_size,
-        free_port,
-        launched_externally,
-        rank_environment,
-    )
+    from ppcr.training.distributed import external_world_size, launched_externally
 
     out = Path(out_dir)
     external = launched_externally()
@@ -82,7 +79,36 @@ def train(
     check_train_spec(recipe.train, world_size)
     check_data_spec(recipe.data)
     check_loss_spec(recipe.loss)
-    check_run_dir(out, recipe, resume, world_size)
+
+    # One run per folder: this process holds the lock while its ranks train (under an external
+    # launcher, rank 0 does). It is taken before the folder is inspected, so two runs started
+    # together cannot both find it free.
+    holds_lock = not external or os.environ.get("RANK") == "0"
+    with run_directory_lock(out) if holds_lock else contextlib.nullcontext():
+        check_run_dir(out, recipe, resume, world_size)
+        return _run(
+            recipe, out, model_factory, dataset_factory, collate_fn,
+            resume=resume, nproc=nproc, launcher=launcher, progress=progress, on_log=on_log,
+            external=external,
+        )
+
+
+def _run(
+    recipe: Recipe,
+    out: Path,
+    model_factory: Callable[[Recipe], Any] | str,
+    dataset_factory: Callable[[Recipe], Any] | str,
+    collate_fn: Callable[[list[Any]], Any] | str | None,
+    *,
+    resume: bool,
+    nproc: int,
+    launcher: Launcher,
+    progress: bool | None,
+    on_log: Callable[[dict[str, Any]], None] | None,
+    external: bool,
+) -> TrainResult:
+    """Start the ranks (checks done, run directory held) and return rank 0's result."""
+    from ppcr.training.distributed import environment, free_port, rank_environment
 
     request = RunRequest(
         recipe=recipe,
