@@ -8,23 +8,51 @@ tiny refer-layout datasets with :mod:`tests.refer_fixtures`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from ppcr.errors import PPCRError
+from ppcr.data.pickles import load_refs_pickle
+from ppcr.data.prepare import check_refer_layout
+from ppcr.data.refer import ReferIndex, clear_index_cache
+from ppcr.errors import DataError, PPCRError
 from ppcr.training.errors import TrainingError
 from ppcr.training.run import train
+from tests.refer_fixtures import write_small_example
 from tests.stand_in_model import StandInFactory, StandInModel, build_dataset, collate
+from tests.test_cli import _assert_one_line_error, run
 from tests.test_training_engine import make_recipe, temporaries
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+class TookTooLong(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """Interrupt a runaway Python loop (SIGALRM) so a regression fails instead of hanging the suite."""
+
+    def expire(signum, frame):
+        raise TookTooLong(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def metrics_steps(run_dir: Path) -> list[int]:
@@ -77,3 +105,85 @@ def test_the_lock_names_its_holder_and_a_killed_holder_frees_the_folder(tmp_path
     assert (out / ".ppcr-train.lock").exists()  # the dead holder's file is left behind ...
     result = train(make_recipe(max_steps=2), out, StandInFactory(), build_dataset, collate, progress=False)
     assert result.steps == 2  # ... and does not block the folder
+
+
+# ============================================================================ 5. refs pickle bombs
+
+PY2_LATIN1_STRING = b"U\x04caf\xe9"  # SHORT_BINSTRING 'café' as Python 2 wrote it: forces the latin1 path
+
+
+def refs_pickle(records: list, replacements: dict[str, bytes]) -> bytes:
+    """``records`` pickled (protocol 2, shared objects memoised as pickle does), then each
+    placeholder string's BINUNICODE opcode swapped for raw opcode bytes."""
+    data = pickle.dumps(records, protocol=2)
+    for placeholder, raw in replacements.items():
+        encoded = placeholder.encode()
+        opcode = b"X" + len(encoded).to_bytes(4, "little") + encoded
+        assert data.count(opcode) == 1
+        data = data.replace(opcode, raw)
+    return data
+
+
+def ref(ref_id: int = 0, **fields) -> dict:
+    return {"ref_id": ref_id, "ann_id": 101, "image_id": 1, "split": "train", "file_name": "NAME",
+            "sent_ids": [], "sentences": [], **fields}
+
+
+def hostile_refcoco(tmp_path: Path, data: bytes) -> Path:
+    """The small refcoco example with its refs pickle replaced by ``data``."""
+    clear_index_cache()
+    fixture = write_small_example(tmp_path / "root")
+    fixture.refs_path.write_bytes(data)
+    return fixture.root
+
+
+def test_shared_nested_lists_of_a_few_hundred_bytes_are_refused_at_once(tmp_path):
+    nested: list = []
+    for _ in range(60):  # 60 levels, each list holding the one below twice: a tree of 2^60 nodes
+        nested = [nested, nested]
+    data = refs_pickle([ref(tokens=nested)], {"NAME": PY2_LATIN1_STRING})
+    assert len(data) < 1000
+    path = tmp_path / "refs(unc).p"
+    path.write_bytes(data)
+    started = time.perf_counter()
+    with time_limit(20), pytest.raises(DataError, match="record 0 'tokens' holds a list, expected scalars only"):
+        load_refs_pickle(path)
+    assert time.perf_counter() - started < 2
+
+
+def test_one_sentence_list_shared_by_thousands_of_refs_is_refused_before_anyone_iterates_it(tmp_path):
+    sentence = {"sent_id": 0, "sent": "the thing", "raw": "the thing", "tokens": ["the", "thing"]}
+    sentences, sent_ids = [sentence] * 20_000, [0] * 20_000
+    records = [ref(i, sentences=sentences, sent_ids=sent_ids) for i in range(2_000)]  # 40 million sentences
+    data = pickle.dumps(records, protocol=2)
+    assert len(data) < 300_000
+    root = hostile_refcoco(tmp_path, data)
+    started = time.perf_counter()
+    with time_limit(20), pytest.raises(DataError, match="more than 2,000,000 sentences"):
+        check_refer_layout("refcoco", root)  # walked every ref's sentence list twice: 8e7 steps
+    with time_limit(20), pytest.raises(DataError, match="more than 2,000,000 sentences"):
+        ReferIndex.load("refcoco", root).split("train")
+    assert time.perf_counter() - started < 4
+
+
+def test_nesting_200k_deep_is_a_data_error_not_a_recursion_error(tmp_path):
+    depth = 200_000
+    deep = b"]" * depth + b"a" * (depth - 1)  # EMPTY_LIST × n, APPEND × (n-1): a list n levels deep
+    data = refs_pickle([ref(tokens="DEEP")], {"NAME": PY2_LATIN1_STRING, "DEEP": deep})
+    root = hostile_refcoco(tmp_path, data)
+    with time_limit(20), pytest.raises(DataError, match="'tokens' holds a list, expected scalars only"):
+        load_refs_pickle(root / "refcoco" / "refs(unc).p")
+    # through the CLI: one line and exit 1 (a RecursionError was an internal error, exit 3)
+    result = run("prepare", "refcoco", "--root", str(root), "--skip-images")
+    _assert_one_line_error(result, 1, "'tokens' holds a list, expected scalars only")
+
+
+def test_real_refs_records_still_load_from_python2_and_python3_pickles(tmp_path):
+    """The schema admits what the RefCOCO family really holds (tests/refer_fixtures.py writes
+    Python 2 cPickle bytes, latin1 and UTF-8 strings included)."""
+    for python2, encoding in ((True, "latin1"), (True, "utf-8"), (False, "latin1")):
+        clear_index_cache()
+        fixture = write_small_example(tmp_path / f"{python2}-{encoding}", python2=python2, str_encoding=encoding)
+        report = check_refer_layout("refcoco", fixture.root)
+        assert report.ok, report.summary()
+        assert len(ReferIndex.load("refcoco", fixture.root).split("train")) == 4

@@ -231,6 +231,12 @@ class ReferIndex:
             for key in REQUIRED_REF_KEYS:
                 if key not in ref:
                     raise DataError(f"{refs_path}: record {position} lacks the key {key!r}")
+            for key in ("ref_id", "ann_id", "image_id"):
+                if type(ref[key]) is not int:
+                    kind = type(ref[key]).__name__
+                    raise DataError(f"{refs_path}: record {position}: {key} is a {kind}, expected an integer")
+            if type(ref["split"]) is not str:
+                raise DataError(f"{refs_path}: record {position}: split is a {type(ref['split']).__name__}, expected str")
         refs.sort(key=lambda ref: ref["ref_id"])
         images, anns = _load_instances(instances_path, {ref["ann_id"] for ref in refs})
         return cls(spec, root, split_by, refs, images, anns)
