@@ -236,7 +236,8 @@ class ReferIndex:
                     kind = type(ref[key]).__name__
                     raise DataError(f"{refs_path}: record {position}: {key} is a {kind}, expected an integer")
             if type(ref["split"]) is not str:
-                raise DataError(f"{refs_path}: record {position}: split is a {type(ref['split']).__name__}, expected str")
+                kind = type(ref["split"]).__name__
+                raise DataError(f"{refs_path}: record {position}: split is a {kind}, expected str")
         refs.sort(key=lambda ref: ref["ref_id"])
         images, anns = _load_instances(instances_path, {ref["ann_id"] for ref in refs})
         return cls(spec, root, split_by, refs, images, anns)
