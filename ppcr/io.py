@@ -9,6 +9,7 @@ destination itself (no permission, parent is a file, disk full) become a one-lin
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -36,9 +37,82 @@ def _umask() -> int:
     return 0o022
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# How other writers report a full disk or quota in their messages (safetensors: Rust's io::Error).
+_NO_SPACE_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+# torch.save's zip writer loses the errno: a failed write shows up as one of these.
+_TORCH_WRITER_TEXT = ("PytorchStreamWriter", "inline_container.cc", "iostream error")
+_SAFETENSORS_WRITE_TEXT = "Error while serializing"
+# After ENOSPC a file system has (next to) nothing left; below this much it counts as full.
+FULL_BELOW_BYTES = 16 * 2**20
+
+
+def no_space_error(path: str | os.PathLike[str]) -> PPCRError:
+    return PPCRError(
+        f"no space left on device while writing {path}",
+        hint="free disk space (or quota) on that file system, or write somewhere else",
+    )
+
+
 def _write_error(path: Path, error: OSError) -> PPCRError:
+    if error.errno in _NO_SPACE:
+        return no_space_error(path)
     reason = error.strerror or type(error).__name__
     return PPCRError(f"cannot write {path}: {reason}", hint=_HINT)
+
+
+def write_error(path: str | os.PathLike[str], error: OSError) -> PPCRError:
+    """The one-line PPCRError for an OSError met while writing ``path``."""
+    return _write_error(Path(path), error)
+
+
+def filesystem_full(path: str | os.PathLike[str]) -> bool:
+    """Whether the file system holding ``path`` (or its nearest existing parent) is out of space
+    or of inodes for this user."""
+    folder = Path(path)
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    if stats.f_bavail * stats.f_frsize < FULL_BELOW_BYTES:
+        return True
+    return stats.f_files > 0 and stats.f_favail == 0
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def describe_write_failure(error: BaseException, path: str | os.PathLike[str]) -> PPCRError | None:
+    """A one-line PPCRError if ``error`` is a failure to write ``path``, else None (a bug).
+
+    Third-party writers report a full disk in their own ways: an ``OSError`` with errno ENOSPC
+    (Python, shutil), "No space left on device (os error 28)" in the text (safetensors), or only
+    "unexpected pos 128 vs 0" / "iostream error" (``torch.save``'s zip writer, which drops the
+    errno; the file system is then checked for free space).
+    """
+    chain = _chain(error)
+    for link in chain:
+        if isinstance(link, PPCRError):
+            return link
+        if isinstance(link, OSError):
+            return _write_error(Path(path), link)
+    texts = [str(link) for link in chain]
+    if any(marker in text for text in texts for marker in _NO_SPACE_TEXT):
+        return no_space_error(path)
+    torch_writer = any(marker in text for text in texts for marker in _TORCH_WRITER_TEXT)
+    if torch_writer or any(_SAFETENSORS_WRITE_TEXT in text for text in texts):
+        if filesystem_full(path):
+            return no_space_error(path)
+        first = texts[0].strip().splitlines()[0] if texts[0].strip() else type(error).__name__
+        return PPCRError(f"cannot write {path}: {first}", hint=_HINT)
+    return None
 
 
 def _make_parent(path: Path) -> None:

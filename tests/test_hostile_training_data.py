@@ -24,10 +24,11 @@ import torch
 from ppcr.data.pickles import load_refs_pickle
 from ppcr.data.prepare import check_refer_layout
 from ppcr.data.refer import ReferIndex, clear_index_cache
-from ppcr.errors import DataError, PPCRError
+from ppcr.errors import CheckpointError, DataError, PPCRError
 from ppcr.training.errors import TrainingError
 from ppcr.training.run import train
 from tests.refer_fixtures import write_small_example
+from tests import stand_in_model
 from tests.stand_in_model import StandInFactory, StandInModel, build_dataset, collate
 from tests.test_cli import _assert_one_line_error, run
 from tests.test_training_engine import make_recipe, temporaries
@@ -187,3 +188,77 @@ def test_real_refs_records_still_load_from_python2_and_python3_pickles(tmp_path)
         report = check_refer_layout("refcoco", fixture.root)
         assert report.ok, report.summary()
         assert len(ReferIndex.load("refcoco", fixture.root).split("train")) == 4
+
+
+# ============================================================================ 6. disk full during a checkpoint
+
+
+def torch_save_failing_in(marker: str):
+    """``torch.save`` as it fails on a full disk (reproduced on a 1 MiB tmpfs): a few bytes reach
+    the file, the stream error is lost, and the zip writer's exit raises "unexpected pos"."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if marker in os.fspath(f):
+            Path(f).write_bytes(b"PK\x03\x04" + bytes(124))
+            try:
+                raise RuntimeError("basic_ios::clear: iostream error")
+            except RuntimeError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0")
+        return real_save(obj, f, *args, **kwargs)
+
+    return save
+
+
+def report_no_free_space_under(monkeypatch, root: Path) -> None:
+    """What ``statvfs`` says of a full file system: no block left for this user."""
+    real_statvfs = os.statvfs
+
+    def statvfs(path):
+        stats = real_statvfs(path)
+        if not str(path).startswith(str(root)):
+            return stats
+        return os.statvfs_result((stats.f_bsize, stats.f_frsize, stats.f_blocks, 0, 0, stats.f_files,
+                                  stats.f_ffree, stats.f_favail, stats.f_flag, stats.f_namemax))
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+@pytest.mark.parametrize("disk_full", [True, False], ids=["disk-full", "other-write-failure"])
+def test_a_state_save_that_cannot_write_is_one_line_and_leaves_no_partial_state(tmp_path, monkeypatch, disk_full):
+    reference = train(make_recipe(), tmp_path / "reference", StandInFactory(), build_dataset, collate, progress=False)
+    out = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", torch_save_failing_in(".partial-step_000008"))
+    if disk_full:
+        report_no_free_space_under(monkeypatch, tmp_path)
+    with pytest.raises(CheckpointError) as caught:
+        train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False)
+    state = out / "state" / "step_000008"
+    if disk_full:
+        assert caught.value.message == f"no space left on device while writing {state}"
+    else:  # the disk has room: say what failed, do not guess
+        assert caught.value.message == (
+            f"cannot write {state}: [enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0"
+        )
+    assert "--resume" in caught.value.hint
+    assert temporaries(out) == []  # the .partial-step_000008 folder is gone
+    assert (out / "state" / "latest").read_text().strip() == "step_000004"
+    monkeypatch.undo()  # room again: the run continues from its last complete state
+    resumed = train(make_recipe(), out, StandInFactory(), build_dataset, collate, resume=True, progress=False)
+    assert resumed.resumed_from_step == 4
+    assert resumed.weight_digests == reference.weight_digests  # bit-identical to the uninterrupted run
+
+
+def test_an_export_that_fills_the_disk_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    def save_file(tensors, filename, metadata=None):  # safetensors' own words on a full disk
+        Path(filename).write_bytes(b"\x00" * 64)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(stand_in_model, "save_file", save_file)
+    out = tmp_path / "run"
+    with pytest.raises(CheckpointError) as caught:
+        train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False)
+    assert caught.value.message == f"no space left on device while writing {out / 'checkpoints' / 'step_000004'}"
+    assert temporaries(out) == [] and list((out / "checkpoints").iterdir()) == []

@@ -23,20 +23,29 @@ four plain DeepSpeed data classes it pickles, so a tampered state directory is r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ppcr.errors import CheckpointError, PPCRError
-from ppcr.io import atomic_directory, atomic_save_json, atomic_write_text, remove_stale_temporaries, replace_directory
+from ppcr.errors import CheckpointError
+from ppcr.io import (
+    atomic_directory,
+    atomic_save_json,
+    atomic_write_text,
+    describe_write_failure,
+    remove_stale_temporaries,
+    replace_directory,
+)
 from ppcr.training.distributed import DistEnv, all_gather_objects, barrier, broadcast_object
 from ppcr.training.errors import TrainingError
 
@@ -47,6 +56,10 @@ STATE_SUMMARY = "ppcr_state.json"  # the JSON part of the client state, readable
 # known to all ranks (not a random ``ppcr.io`` temporary); it is renamed to the tag once complete.
 PARTIAL_PREFIX = ".partial-"
 _STEP_TAG = re.compile(r"^step_\d{6,}$")
+_WRITE_HINT = (
+    "free disk space in the run directory (or fix its permissions), then continue with --resume "
+    "from the last complete state"
+)
 
 
 def step_tag(step: int) -> str:
@@ -123,6 +136,7 @@ def export_pretrained(
     """Write ``model.save_pretrained`` output to ``target`` atomically (collective; rank 0 writes)."""
     state = consolidated_state_dict(engine)
     error: str | None = None
+    crash: BaseException | None = None
     if dist_env.is_main:
         model = engine.module
         try:
@@ -132,13 +146,17 @@ def export_pretrained(
                 else:
                     model.save_pretrained(tmp)
                 atomic_save_json(tmp / TRAINER_STATE, trainer_state, allow_nan=True)
-        except PPCRError as exc:  # ppcr.io's one-line "cannot write <path>: <reason>"
-            error = exc.message
-        except OSError as exc:  # from the model's own save_pretrained
-            error = f"cannot write checkpoint {target}: {exc}"
-    error = broadcast_object(error)
+        except Exception as exc:  # noqa: BLE001 - classified: a failed write, or re-raised below
+            failure = describe_write_failure(exc, target)
+            if failure is None:
+                crash, error = exc, f"rank 0 failed to export {target}"
+            else:
+                error = failure.message
+    error = broadcast_object(error)  # every rank stops, not only the one that failed
+    if crash is not None:
+        raise crash
     if error:
-        raise CheckpointError(error, hint="check free disk space and permissions of the run directory")
+        raise CheckpointError(error, hint=_WRITE_HINT)
     return target
 
 
@@ -193,13 +211,15 @@ def save_training_state(
     barrier()
     rng_states = all_gather_objects(capture_rng_state())
     payload = {"ppcr": {**client_state, "rng": rng_states}}
-    engine.save_checkpoint(
-        str(state_root), tag=partial, client_state=payload, save_latest=False, exclude_frozen_parameters=True
-    )
+    with _state_write_failures(state_root / partial, state_root / tag):
+        engine.save_checkpoint(
+            str(state_root), tag=partial, client_state=payload, save_latest=False, exclude_frozen_parameters=True
+        )
     barrier()
     if dist_env.is_main:
-        atomic_save_json(state_root / partial / STATE_SUMMARY, client_state, allow_nan=True)
-        replace_directory(state_root / partial, state_root / tag)
+        with _state_write_failures(state_root / partial, state_root / tag):
+            atomic_save_json(state_root / partial / STATE_SUMMARY, client_state, allow_nan=True)
+            replace_directory(state_root / partial, state_root / tag)
         atomic_write_text(state_root / LATEST, tag + "\n")
         tags = sorted(p.name for p in state_root.iterdir() if p.is_dir() and _STEP_TAG.match(p.name))
         for old in tags[:-keep] if keep > 0 else []:
@@ -207,6 +227,24 @@ def save_training_state(
                 shutil.rmtree(state_root / old, ignore_errors=True)
     barrier()
     return state_root / tag
+
+
+@contextlib.contextmanager
+def _state_write_failures(partial: Path, target: Path) -> Iterator[None]:
+    """A failed write of the training state: delete the partial state, raise one clear line.
+
+    The previous complete state (``latest``) is untouched, so ``--resume`` still works once
+    there is room again. Anything that is not a failed write propagates unchanged (after the
+    partial state is deleted all the same).
+    """
+    try:
+        yield
+    except Exception as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        failure = describe_write_failure(exc, target)
+        if failure is None:
+            raise
+        raise CheckpointError(failure.message, hint=_WRITE_HINT) from None
 
 
 def read_state_summary(state_root: Path) -> dict[str, Any] | None:

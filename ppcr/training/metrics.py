@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from ppcr.io import atomic_save_json, atomic_write_text
+from ppcr.io import atomic_save_json, atomic_write_text, write_error
 from ppcr.training.layout import ENV_FILE, METRICS_FILE
 
 
@@ -77,9 +77,12 @@ class MetricsLog:
             self._progress.update(self._task, completed=step)
 
     def log(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
-            handle.flush()
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+                handle.flush()
+        except OSError as error:  # a full disk is a clear error, not an internal one
+            raise write_error(self.path, error) from None
         if self._progress is not None:
             self._progress.update(self._task, completed=row["step"], info=progress_info(row))
         if self.on_log is not None:
