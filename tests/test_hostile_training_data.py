@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -262,3 +263,54 @@ def test_an_export_that_fills_the_disk_is_one_line_and_leaves_no_temporary(tmp_p
         train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False)
     assert caught.value.message == f"no space left on device while writing {out / 'checkpoints' / 'step_000004'}"
     assert temporaries(out) == [] and list((out / "checkpoints").iterdir()) == []
+
+
+# ============================================================================ 7. killed before the first state save
+
+
+class Killed(Exception):
+    """Stands for the process being killed at that point."""
+
+
+def killed_at_step(step: int):
+    def on_log(row):
+        if row["step"] == step:
+            raise Killed
+
+    return on_log
+
+
+def test_a_run_killed_before_its_first_state_save_can_be_started_again(tmp_path):
+    reference = train(make_recipe(), tmp_path / "reference", StandInFactory(), build_dataset, collate, progress=False)
+    out = tmp_path / "run"
+    with pytest.raises(Killed):  # step 2 of 16; the first state is saved at step 4
+        train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False, on_log=killed_at_step(2))
+    assert (out / "recipe.yaml").exists() and metrics_steps(out) == [1, 2]
+    with pytest.raises(TrainingError, match="nothing to resume") as caught:
+        train(make_recipe(), out, StandInFactory(), build_dataset, collate, resume=True, progress=False)
+    assert "without --resume" in caught.value.hint  # which now works:
+    result = train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False)  # was refused
+    assert result.weight_digests == reference.weight_digests
+    assert metrics_steps(out) == list(range(1, 17))  # the abandoned start's rows are gone
+
+
+def test_a_run_killed_between_its_first_export_and_state_names_what_to_delete(tmp_path, monkeypatch):
+    from ppcr.training import loop
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "save_training_state", killed)
+        with pytest.raises(Killed):
+            train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False)
+    assert (out / "checkpoints" / "step_000004").is_dir() and not (out / "state" / "latest").exists()
+    with pytest.raises(TrainingError, match="holds exported weights \\(checkpoints/step_000004\\)") as fresh:
+        train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False)
+    assert f"delete {out / 'checkpoints'}" in fresh.value.hint
+    with pytest.raises(TrainingError, match="nothing to resume") as resumed:
+        train(make_recipe(), out, StandInFactory(), build_dataset, collate, resume=True, progress=False)
+    assert f"delete {out / 'checkpoints'}, then start again without --resume" in resumed.value.hint
+    shutil.rmtree(out / "checkpoints")  # what the hint says
+    assert train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False).steps == 16

@@ -131,7 +131,8 @@ def test_sentences_per_image_needs_a_dataset_that_knows_its_images(tmp_path):
 
 def test_run_directory_is_never_overwritten_and_resume_needs_a_state(tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
+    (out / "state" / "step_000004").mkdir(parents=True)  # a run with a complete training state
+    (out / "state" / "latest").write_text("step_000004\n")
     (out / "recipe.yaml").write_text("name: other\n")
     with pytest.raises(TrainingError, match="already holds a training run"):
         train(make_recipe(), out, never_called, never_called, progress=False)

@@ -28,7 +28,6 @@ import hashlib
 import inspect
 import json
 import random
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +47,7 @@ from ppcr.io import (
 )
 from ppcr.training.distributed import DistEnv, all_gather_objects, barrier, broadcast_object
 from ppcr.training.errors import TrainingError
+from ppcr.training.layout import STEP_TAG
 
 LATEST = "latest"  # same file name and content (the tag) as DeepSpeed's own pointer
 TRAINER_STATE = "trainer_state.json"
@@ -55,7 +55,6 @@ STATE_SUMMARY = "ppcr_state.json"  # the JSON part of the client state, readable
 # DeepSpeed saves the state under this prefix + tag: every rank writes into it, so its name must be
 # known to all ranks (not a random ``ppcr.io`` temporary); it is renamed to the tag once complete.
 PARTIAL_PREFIX = ".partial-"
-_STEP_TAG = re.compile(r"^step_\d{6,}$")
 _WRITE_HINT = (
     "free disk space in the run directory (or fix its permissions), then continue with --resume "
     "from the last complete state"
@@ -221,7 +220,7 @@ def save_training_state(
             atomic_save_json(state_root / partial / STATE_SUMMARY, client_state, allow_nan=True)
             replace_directory(state_root / partial, state_root / tag)
         atomic_write_text(state_root / LATEST, tag + "\n")
-        tags = sorted(p.name for p in state_root.iterdir() if p.is_dir() and _STEP_TAG.match(p.name))
+        tags = sorted(p.name for p in state_root.iterdir() if p.is_dir() and STEP_TAG.match(p.name))
         for old in tags[:-keep] if keep > 0 else []:
             if old != tag:
                 shutil.rmtree(state_root / old, ignore_errors=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 RECIPE_FILE = "recipe.yaml"
 ENV_FILE = "env.json"
 METRICS_FILE = "metrics.jsonl"
@@ -10,3 +12,4 @@ STATE_DIR = "state"
 FINAL_DIR = "final"
 LOCK_FILE = ".ppcr-train.lock"  # held by the running training (ppcr.training.run_lock); not a run entry
 RUN_ENTRIES = (RECIPE_FILE, ENV_FILE, METRICS_FILE, CHECKPOINTS_DIR, STATE_DIR, FINAL_DIR)
+STEP_TAG = re.compile(r"^step_\d{6,}$")  # names of checkpoints/step_000100 and state/step_000100

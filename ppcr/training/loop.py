@@ -117,6 +117,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             clean_run_temporaries(self.run_dir)
             if not self.request.resume:
+                # A fresh start: any metrics here are an abandoned start's (check_run_dir allowed it).
+                (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
                 _save_recipe(self.recipe, self.run_dir / RECIPE_FILE)
         barrier()
 

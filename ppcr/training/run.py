@@ -30,7 +30,7 @@ from typing import Any, Callable, Literal
 from ppcr.config.recipe_checks import check_data_spec, check_loss_spec
 from ppcr.config.schema import Recipe
 from ppcr.training.errors import TrainingError, error_from_dict
-from ppcr.training.layout import RECIPE_FILE, RUN_ENTRIES, STATE_DIR
+from ppcr.training.layout import CHECKPOINTS_DIR, FINAL_DIR, RECIPE_FILE, RUN_ENTRIES, STATE_DIR, STEP_TAG
 from ppcr.training.plan import check_train_spec
 from ppcr.training.request import RunRequest
 from ppcr.training.result import TrainResult
@@ -208,22 +208,42 @@ def _collect(
 
 
 def check_run_dir(out: Path, recipe: Recipe, resume: bool, world_size: int) -> None:
-    """Refuse to overwrite a run, to resume nothing, or to resume with another recipe or world size."""
+    """Refuse to overwrite a run, to resume nothing, or to resume with another recipe or world size.
+
+    A folder whose run stopped before its first training state was saved (no ``state/latest``)
+    and exported no weights holds nothing worth keeping: a fresh start replaces it. One that
+    exported weights but has no state cannot be resumed; the message names what to delete.
+    """
     from ppcr.training.checkpointing import latest_state_tag, read_state_summary
 
     existing = [name for name in RUN_ENTRIES if (out / name).exists()]
+    has_state = latest_state_tag(out / STATE_DIR) is not None
+    exported = _exported_weights(out)
     if not resume:
-        if existing:
+        if has_state:
             raise TrainingError(
                 f"{out} already holds a training run ({', '.join(existing)})",
                 hint="pass --resume to continue it, or choose a new output directory",
             )
+        if exported:
+            raise TrainingError(
+                f"{out} holds exported weights ({', '.join(exported)}) but no training state to resume from",
+                hint=f"to train again from step 0 delete {_delete_list(out, exported)}, "
+                "or choose a new output directory",
+            )
         return
-    if latest_state_tag(out / STATE_DIR) is None:
+    if not has_state:
+        if exported:
+            hint = f"delete {_delete_list(out, exported)}, then start again without --resume"
+        elif existing:
+            hint = (
+                "the run stopped before its first training state (saved every train.save_every steps); "
+                "start it again without --resume"
+            )
+        else:
+            hint = "start without --resume"
         raise TrainingError(
-            f"nothing to resume in {out}: no complete training state under {out / STATE_DIR}",
-            hint="a run can be resumed once it has saved a checkpoint (train.save_every); "
-            "start without --resume",
+            f"nothing to resume in {out}: no complete training state under {out / STATE_DIR}", hint=hint
         )
     differences = recipe_differences(out / RECIPE_FILE, recipe)
     if differences:
@@ -241,6 +261,24 @@ def check_run_dir(out: Path, recipe: Recipe, resume: bool, world_size: int) -> N
             hint=f"resume with --nproc {summary.get('world_size')} "
             "(ZeRO partitions the optimizer state by rank)",
         )
+
+
+def _exported_weights(out: Path) -> list[str]:
+    """Complete model exports in the run folder (``checkpoints/step_*``, ``final``), relative names."""
+    found = []
+    checkpoints = out / CHECKPOINTS_DIR
+    if checkpoints.is_dir():
+        found += sorted(
+            f"{CHECKPOINTS_DIR}/{p.name}" for p in checkpoints.iterdir() if p.is_dir() and STEP_TAG.match(p.name)
+        )
+    if (out / FINAL_DIR).is_dir():
+        found.append(FINAL_DIR)
+    return found
+
+
+def _delete_list(out: Path, exported: list[str]) -> str:
+    folders = dict.fromkeys(str(out / name.split("/")[0]) for name in exported)
+    return " and ".join(folders)
 
 
 def recipe_differences(saved_path: Path, recipe: Recipe) -> list[str]:
