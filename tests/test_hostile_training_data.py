@@ -314,3 +314,40 @@ def test_a_run_killed_between_its_first_export_and_state_names_what_to_delete(tm
     assert f"delete {out / 'checkpoints'}, then start again without --resume" in resumed.value.hint
     shutil.rmtree(out / "checkpoints")  # what the hint says
     assert train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False).steps == 16
+
+
+# ============================================================================ 9. non-finite weights are never "last good"
+
+
+class NaNGradientModel(StandInModel):
+    """At one training forward, adds a term whose value is 0 (the loss stays finite) and whose
+    gradient is NaN (d/dw sqrt(|w - w|)), so that step's update turns the weights into NaN."""
+
+    def __init__(self, config, poisoned_forward: int):
+        super().__init__(config)
+        self.poisoned_forward = poisoned_forward
+
+    def forward(self, batch):
+        output = super().forward(batch)
+        if self.training and self.forward_calls == self.poisoned_forward:
+            weight = self.head[0].weight[0, 0]
+            output.loss = output.loss + (weight - weight.detach()).abs().sqrt()
+        return output
+
+
+def test_weights_made_non_finite_by_an_update_are_not_saved_as_a_good_checkpoint(tmp_path):
+    from tests.stand_in_model import StandInConfig
+
+    out = tmp_path / "run"
+    recipe = make_recipe(save_every=2, zero_stage=0)  # stage 0 applies a NaN gradient as it is
+    with pytest.raises(TrainingError) as caught:  # forward 13 is step 4's first micro-batch
+        train(recipe, out, lambda r: NaNGradientModel(StandInConfig(), poisoned_forward=13), build_dataset,
+              collate, progress=False)
+    assert caught.value.message.startswith("non-finite weights after step 4: head.0.weight")
+    assert "the last good checkpoint is checkpoints/step_000002" in caught.value.hint
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert saved == ["step_000002"]  # step 4's NaN weights were not exported ...
+    assert (out / "state" / "latest").read_text().strip() == "step_000002"  # ... nor saved as the state
+    for name in saved:
+        model = StandInModel.from_pretrained(out / "checkpoints" / name)
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters()), name

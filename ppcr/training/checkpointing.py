@@ -129,11 +129,24 @@ def check_export_contract(model: torch.nn.Module, precision: str) -> None:
         )
 
 
+def non_finite_parameters(state_dict: dict[str, torch.Tensor], names: list[str]) -> list[str]:
+    """Which of ``names`` hold a NaN or an infinity in ``state_dict``."""
+    return [name for name in names if name in state_dict and not bool(torch.isfinite(state_dict[name]).all())]
+
+
 def export_pretrained(
-    engine, target: Path, dist_env: DistEnv, trainer_state: dict[str, Any]
+    engine,
+    target: Path,
+    dist_env: DistEnv,
+    trainer_state: dict[str, Any],
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``model.save_pretrained`` output to ``target`` atomically (collective; rank 0 writes)."""
-    state = consolidated_state_dict(engine)
+    """Write ``model.save_pretrained`` output to ``target`` atomically (collective; rank 0 writes).
+
+    ``state`` is :func:`consolidated_state_dict`'s result when the caller already has it.
+    """
+    if state is None:
+        state = consolidated_state_dict(engine)
     error: str | None = None
     crash: BaseException | None = None
     if dist_env.is_main:

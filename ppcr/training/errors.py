@@ -22,6 +22,11 @@ class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; the run stopped before the bad step touched the weights."""
 
 
+class NonFiniteWeightsError(TrainingError):
+    """An update left NaN or infinite weights (the loss before it was finite); the run stopped
+    without saving them, so the last saved checkpoint and training state stay good."""
+
+
 def error_to_dict(exc: PPCRError) -> dict[str, Any]:
     cls = type(exc)
     return {"module": cls.__module__, "type": cls.__qualname__, "message": exc.message, "hint": exc.hint}

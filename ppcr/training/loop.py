@@ -17,7 +17,9 @@ Per optimizer step, each rank runs ``grad_accum`` micro-batches (forward, finite
 ``engine.backward``, ``engine.step``; DeepSpeed applies the update at the last one). The
 finiteness check sums ``[loss, *terms]`` over ranks first, so every rank sees a NaN that any rank
 produced and all stop together, before that micro-batch's backward: the weights, the last
-checkpoint and the last training state stay those of the last good step.
+checkpoint and the last training state stay those of the last good step. A finite loss says
+nothing of the update that follows it, so before each save the updated trainable weights are
+checked too: non-finite ones stop the run unsaved, and a saved checkpoint is always finite.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from ppcr.config.schema import Recipe
 from ppcr.training.checkpointing import (
     check_export_contract,
     clean_run_temporaries,
+    consolidated_state_dict,
     export_pretrained,
     load_training_state,
+    non_finite_parameters,
     restore_rng_state,
     save_training_state,
     step_tag,
@@ -46,7 +50,7 @@ from ppcr.training.checkpointing import (
 from ppcr.training.data import ResumableDistributedSampler, build_dataloader, move_to_device
 from ppcr.training.deepspeed_config import build_deepspeed_config, resolve_precision
 from ppcr.training.distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier
-from ppcr.training.errors import NonFiniteLossError, TrainingError
+from ppcr.training.errors import NonFiniteLossError, NonFiniteWeightsError, TrainingError
 from ppcr.training.layout import CHECKPOINTS_DIR, FINAL_DIR, METRICS_FILE, RECIPE_FILE, STATE_DIR
 from ppcr.training.metrics import MetricsLog, collect_env, truncate_metrics, write_env
 from ppcr.training.param_groups import optimizer_groups
@@ -295,19 +299,33 @@ class Trainer:
         parts = [f"{name}={value:.4g}" for name, value in zip(names, mean)]
         over = f" (mean over {self.dist.world_size} ranks)" if self.dist.world_size > 1 else ""
         step = self.step + 1
-        if self.last_saved_step is None:
-            kept = "no checkpoint was saved yet"
-        else:
-            kept = (
-                f"the last good checkpoint is {CHECKPOINTS_DIR}/{step_tag(self.last_saved_step)} "
-                "(resume from it with --resume)"
-            )
         return NonFiniteLossError(
             f"non-finite loss at step {step} (epoch {self.plan.epoch_of(self.step)}, micro-batch "
             f"{micro + 1}/{self.plan.grad_accum}): {', '.join(parts)}{over}; "
             "stopped before updating the weights",
-            hint=f"{kept}; lower train.lr or check the data of this step",
+            hint=f"{self._last_good()}; lower train.lr or check the data of this step",
         )
+
+    def _last_good(self) -> str:
+        if self.last_saved_step is None:
+            return "no checkpoint was saved yet"
+        return (
+            f"the last good checkpoint is {CHECKPOINTS_DIR}/{step_tag(self.last_saved_step)} "
+            "(resume from it with --resume)"
+        )
+
+    def _check_finite_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """A finite loss is computed before the update: the updated weights are checked here,
+        before they are saved and called good (every rank holds the same consolidated weights,
+        so all ranks decide alike)."""
+        bad = non_finite_parameters(weights, self.trainable_names)
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise NonFiniteWeightsError(
+                f"non-finite weights after step {self.step}: {', '.join(bad[:3])}{more} hold NaN or "
+                "infinite values; stopped without saving them",
+                hint=f"{self._last_good()}; lower train.lr or check the data of the last steps",
+            )
 
     def _log_row(self, window: "_Window", lrs: list[float], epoch: int) -> dict[str, Any]:
         """One metrics row; ``lr`` is the first parameter group's, ``group_lrs`` all of them when
@@ -349,11 +367,13 @@ class Trainer:
         }
         shown = ("step", "epoch", "total_steps", "world_size", "precision", "recipe_name")
         exported = {key: state[key] for key in shown}
+        weights = consolidated_state_dict(self.engine)
+        self._check_finite_weights(weights)
         if self.step % self.plan.save_every == 0:
             target = self.run_dir / CHECKPOINTS_DIR / step_tag(self.step)
-            export_pretrained(self.engine, target, self.dist, exported)
+            export_pretrained(self.engine, target, self.dist, exported, state=weights)
         if final:
-            export_pretrained(self.engine, self.run_dir / FINAL_DIR, self.dist, exported)
+            export_pretrained(self.engine, self.run_dir / FINAL_DIR, self.dist, exported, state=weights)
         if self.last_saved_step != self.step or final:
             save_training_state(
                 self.engine,
