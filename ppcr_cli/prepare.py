@@ -57,6 +57,9 @@ def _check_refer(name: str, root: Path, images: Optional[Path], split_by: Option
     out.print(table)
     for note in report.notes:
         err.print(f"[dim]note:[/] {note}")
+    for problem in report.problems:
+        for detail in problem.details:
+            err.print(f"[red]invalid:[/] {detail}", markup=True, highlight=False, soft_wrap=True)
     report.raise_if_problems()
     err.print(f"[green]ok:[/] {report.dataset} layout is complete")
 

@@ -28,7 +28,7 @@ from ppcr.data.refer import ReferIndex, clear_index_cache
 from ppcr.errors import CheckpointError, DataError, PPCRError
 from ppcr.training.errors import TrainingError
 from ppcr.training.run import train
-from tests.refer_fixtures import write_small_example
+from tests.refer_fixtures import small_example, write_example, write_small_example
 from tests import stand_in_model
 from tests.stand_in_model import StandInFactory, StandInModel, build_dataset, collate
 from tests.test_cli import _assert_one_line_error, run
@@ -351,3 +351,60 @@ def test_weights_made_non_finite_by_an_update_are_not_saved_as_a_good_checkpoint
     for name in saved:
         model = StandInModel.from_pretrained(out / "checkpoints" / name)
         assert all(bool(torch.isfinite(p).all()) for p in model.parameters()), name
+
+
+# ============================================================================ 11. invalid annotations
+
+
+def write_with_bad_annotations(root: Path, bbox=None, counts=None):
+    """The small refcoco example with ann 101's bbox and/or ann 103's compressed RLE replaced."""
+    clear_index_cache()
+    example = small_example()
+    anns = {ann["id"]: ann for ann in example.annotations}
+    if bbox is not None:
+        anns[101]["bbox"] = bbox
+    if counts is not None:
+        anns[103]["segmentation"]["counts"] = counts
+    return write_example(root, example)
+
+
+def test_prepare_refuses_annotations_that_cannot_be_used_one_line_each(tmp_path):
+    half_rle = small_example().annotations[2]["segmentation"]["counts"][:3]  # runs that stop short:
+    # pycocotools decodes it without complaint into a mask of uninitialised memory
+    fixture = write_with_bad_annotations(tmp_path, bbox=[float("nan"), 1e308, -5, "x"], counts=half_rle)
+    assert "NaN" in fixture.instances_path.read_text()  # what json accepts and the attacker wrote
+    result = run("prepare", "refcoco", "--root", str(fixture.root))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "invalid: ann 101 (ref 1): bbox value 1 of 4 is not a finite number" in lines
+    assert "invalid: ann 103 (ref 3): RLE runs add up to 160 pixels, not the image's 1200" in lines
+    assert any(line.startswith("error: refcoco: 2 of 6 annotations the refs use are invalid (first ann_id: 101, 103)")
+               for line in lines), lines
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "bbox, reason",
+    [
+        ([0, 0, 1e308, 5], "bbox [0, 0, 1e+308, 5] lies outside the 40x30 image"),
+        ([2, 2, -16, 16], "bbox has no area (w=-16, h=16)"),
+        ([2, 2, 16, "16"], "bbox value 4 of 4 is a str, not a number"),
+    ],
+)
+def test_prepare_checks_that_boxes_have_an_area_inside_the_image(tmp_path, bbox, reason):
+    report = check_refer_layout("refcoco", write_with_bad_annotations(tmp_path, bbox=bbox).root)
+    [problem] = report.problems
+    assert problem.details == (f"ann 101 (ref 1): {reason}",)
+
+
+def test_the_reader_refuses_invalid_annotations_with_a_data_error(tmp_path):
+    root = write_with_bad_annotations(tmp_path / "box", bbox=[float("nan"), 1e308, -5, "x"]).root
+    with pytest.raises(DataError, match="annotation 101 \\(ref 1\\) in .*instances.json: bbox value 1 of 4 is not"):
+        ReferIndex.load("refcoco", root).split("train")  # what eval and train read
+    half_rle = small_example().annotations[2]["segmentation"]["counts"][:3]
+    train_split = ReferIndex.load("refcoco", write_with_bad_annotations(tmp_path / "rle", counts=half_rle).root).split(
+        "train"
+    )
+    [blob] = [sample for sample in train_split if sample.ann_id == 103]
+    with pytest.raises(DataError, match="annotation 103: RLE runs add up to 160 pixels, not the image's 1200"):
+        train_split.mask(blob)

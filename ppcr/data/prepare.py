@@ -2,19 +2,21 @@
 
 The real datasets cannot be downloaded by PPCR (the original host is gone; mirrors are listed in
 the README), so ``prepare`` checks what the user put in place: the refs pickle and instances.json
-parse, every ref's annotation and image entry exist, and every referenced image file is on disk.
-Structural failures (no root, no folder, unreadable files) raise at once; per-record problems are
+parse, every ref's annotation and image entry exist, every annotation a ref uses is valid (see
+:mod:`ppcr.data.annotations`), and every referenced image file is on disk. Structural failures (no root, no folder, unreadable files) raise at once; per-record problems are
 collected into a :class:`LayoutReport` so the user sees all of them with measured vs published
 counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ppcr.data.annotations import annotation_problem
 from ppcr.data.datasets import SplitCounts, get_dataset
 from ppcr.data.refer import ReferIndex, ordered_sentences, split_matches
 from ppcr.errors import DataError
@@ -44,6 +46,7 @@ class LayoutProblem:
     examples: tuple[str, ...]
     message: str
     hint: str | None = None
+    details: tuple[str, ...] = ()  # one line per shown offender, saying what is wrong with it
 
 
 @dataclass
@@ -171,15 +174,23 @@ def _problem(
 
 
 def _check_records(index: ReferIndex, report: LayoutReport) -> None:
-    """Every ref must resolve to an annotation and an image of instances.json, with sentences."""
+    """Every ref must resolve to a valid annotation and an image of instances.json, with sentences."""
     missing_anns, missing_images, mismatched, bad_sentences, empty = [], [], [], [], []
+    invalid: dict[int, str] = {}  # ann_id -> "ann <id> (ref <id>): <reason>", each annotation once
+    checked: set[int] = set()
     for ref in index.refs:
         ann = index.anns.get(ref["ann_id"])
+        image = index.images.get(ref["image_id"])
         if ann is None:
             missing_anns.append(ref["ann_id"])
         elif ann.get("image_id", ref["image_id"]) != ref["image_id"]:
             mismatched.append(ref["ref_id"])
-        if ref["image_id"] not in index.images:
+        elif image is not None and ref["ann_id"] not in checked:
+            checked.add(ref["ann_id"])
+            problem = annotation_problem(ann, image)
+            if problem:
+                invalid[ref["ann_id"]] = f"ann {ref['ann_id']} (ref {ref['ref_id']}): {problem}"
+        if image is None:
             missing_images.append(ref["image_id"])
         try:
             if not ordered_sentences(ref, index.refs_path):
@@ -203,6 +214,13 @@ def _check_records(index: ReferIndex, report: LayoutReport) -> None:
     for kind, offenders, label, what in checks:
         if offenders:
             report.problems.append(_problem(kind, offenders, total, what, label, mismatch_hint))
+    if invalid:
+        problem = _problem(
+            "invalid_annotations", list(invalid), len(checked), "annotations the refs use are invalid",
+            "ann_id", f"fix or remove them in {index.instances_path}, or re-extract the dataset zip",
+        )
+        details = tuple(list(invalid.values())[: len(problem.examples)])
+        report.problems.append(dataclasses.replace(problem, details=details))
     if bad_sentences:
         what = "refs have sentences that do not match their sent_ids"
         hint = "re-extract the dataset zip"

@@ -30,11 +30,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ppcr.data.annotations import bbox_problem, image_size_problem, segmentation_problem
 from ppcr.data.datasets import GOOGLE_SPLITS, DatasetSpec, get_dataset
 from ppcr.data.pickles import load_refs_pickle
 from ppcr.errors import DataError
 
 REQUIRED_REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
+_PREPARE_HINT = "run `ppcr prepare <dataset>` to list every invalid annotation"
 _CACHE_SIZE = 4
 
 
@@ -123,6 +125,11 @@ def _load_instances(path: Path, wanted_ann_ids: set) -> tuple[dict[int, dict], d
         raise DataError(
             f"{path} is not valid JSON ({error})", hint="re-download or re-extract the dataset zip"
         ) from None
+    except RecursionError:
+        raise DataError(
+            f"{path} nests its JSON too deeply to be a COCO instances file",
+            hint="re-download or re-extract the dataset zip",
+        ) from None
     except OSError as error:
         raise DataError(f"cannot read {path}: {error.strerror or error}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
@@ -133,11 +140,15 @@ def _load_instances(path: Path, wanted_ann_ids: set) -> tuple[dict[int, dict], d
     for entry in data["images"]:
         if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
             raise DataError(f"{path}: an image entry lacks 'id' or 'file_name'")
+        if type(entry["id"]) is not int or type(entry["file_name"]) is not str:
+            raise DataError(f"{path}: an image entry's id is not an integer or its file_name not a string")
         images[entry["id"]] = entry
     anns: dict[int, dict] = {}
     for entry in data["annotations"]:
         if not isinstance(entry, dict) or "id" not in entry:
             raise DataError(f"{path}: an annotation entry lacks 'id'")
+        if type(entry["id"]) is not int:
+            raise DataError(f"{path}: an annotation entry's id is a {type(entry['id']).__name__}, not an integer")
         if entry["id"] in wanted_ann_ids:
             anns[entry["id"]] = entry
     return images, anns
@@ -315,6 +326,14 @@ class ReferDataset:
             hint=f"run `ppcr prepare {self.name}` to check the layout",
         )
 
+    def _invalid(self, ref: dict, problem: str) -> DataError:
+        """A ref whose annotation or image entry cannot be used as it is."""
+        return DataError(
+            f"{self.name}: annotation {ref['ann_id']} (ref {ref['ref_id']}) in "
+            f"{self.index.instances_path}: {problem}",
+            hint=f"run `ppcr prepare {self.name}` to list every invalid annotation",
+        )
+
     def _build_samples(self) -> Iterator[ReferSample]:
         source = self.index.refs_path
         for ref in self.index.refs_in_split(self.split):
@@ -324,7 +343,10 @@ class ReferDataset:
             image = self.index.images.get(ref["image_id"])
             if image is None:
                 raise self._dangling(ref, "image", ref["image_id"])
-            box = _box_xyxy(ann, ref)
+            problem = image_size_problem(image) or bbox_problem(ann.get("bbox"), image["width"], image["height"])
+            if problem:
+                raise self._invalid(ref, problem)
+            box = _box_xyxy(ann["bbox"])
             category = ref.get("category_id", ann.get("category_id"))
             for sentence in ordered_sentences(ref, source):
                 if "sent" not in sentence and "raw" not in sentence:
@@ -379,10 +401,8 @@ class ReferDataset:
         return annotation_mask(ann, sample.height, sample.width)
 
 
-def _box_xyxy(ann: dict, ref: dict) -> tuple[float, float, float, float]:
-    bbox = ann.get("bbox")
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        raise DataError(f"annotation {ann.get('id')} (ref {ref['ref_id']}) has no [x,y,w,h] bbox")
+def _box_xyxy(bbox: list) -> tuple[float, float, float, float]:
+    """XYXY from a COCO ``[x, y, w, h]`` already checked by :func:`bbox_problem`."""
     x, y, w, h = (float(v) for v in bbox)
     return (x, y, x + w, y + h)
 
@@ -390,31 +410,27 @@ def _box_xyxy(ann: dict, ref: dict) -> tuple[float, float, float, float]:
 def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
     """Rasterise a COCO segmentation (polygons, compressed or uncompressed RLE) to bool ``H×W``.
 
-    Parts are OR-ed, never summed, so overlapping polygons of one object stay binary.
+    Parts are OR-ed, never summed, so overlapping polygons of one object stay binary. The
+    segmentation is checked first (:func:`~ppcr.data.annotations.segmentation_problem`):
+    pycocotools itself decodes a malformed RLE into uninitialised memory without complaint.
     """
     from pycocotools import mask as mask_utils
 
     segmentation = ann.get("segmentation")
+    problem = segmentation_problem(segmentation, width, height)
+    if problem:
+        raise DataError(f"annotation {ann.get('id')}: {problem}", hint=_PREPARE_HINT)
     rles = []
-    if isinstance(segmentation, dict):
-        rles.append(_rle(segmentation, height, width, ann, mask_utils))
-    elif isinstance(segmentation, list):
-        polygons = []
-        for part in segmentation:
-            if isinstance(part, dict):
-                rles.append(_rle(part, height, width, ann, mask_utils))
-            elif isinstance(part, (list, tuple)):
-                # Fewer than three points has no area, and pycocotools would read a 4-number
-                # list as a bbox.
-                if len(part) >= 6:
-                    polygons.append([float(v) for v in part])
-            else:
-                kind = type(part).__name__
-                raise DataError(f"annotation {ann.get('id')}: unreadable segmentation ({kind})")
-        if polygons:
-            rles.extend(mask_utils.frPyObjects(polygons, height, width))
-    else:
-        raise DataError(f"annotation {ann.get('id')} has no segmentation")
+    polygons = []
+    for part in [segmentation] if isinstance(segmentation, dict) else segmentation:
+        if isinstance(part, dict):
+            rles.append(_rle(part, height, width, mask_utils))
+        elif len(part) >= 6:
+            # Fewer than three points has no area, and pycocotools would read a 4-number list
+            # as a bbox.
+            polygons.append([float(v) for v in part])
+    if polygons:
+        rles.extend(mask_utils.frPyObjects(polygons, height, width))
     if not rles:
         return np.zeros((height, width), dtype=bool)
     with warnings.catch_warnings():
@@ -424,18 +440,9 @@ def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
     return np.asarray(decoded > 0).any(axis=2)
 
 
-def _rle(segmentation: dict, height: int, width: int, ann: dict, mask_utils) -> dict:
-    if "counts" not in segmentation or "size" not in segmentation:
-        raise DataError(f"annotation {ann.get('id')}: RLE segmentation needs 'counts' and 'size'")
-    size = [int(v) for v in segmentation["size"]]
-    if size != [height, width]:
-        raise DataError(
-            f"annotation {ann.get('id')}: RLE size {size} does not match the image's "
-            f"{[height, width]}"
-        )
+def _rle(segmentation: dict, height: int, width: int, mask_utils) -> dict:
+    """A checked RLE part in the form pycocotools decodes."""
     counts = segmentation["counts"]
-    if isinstance(counts, list):
-        return mask_utils.frPyObjects({"size": size, "counts": counts}, height, width)
-    if isinstance(counts, str):
-        counts = counts.encode("ascii")
-    return {"size": size, "counts": counts}
+    if isinstance(counts, (list, tuple)):
+        return mask_utils.frPyObjects({"size": [height, width], "counts": list(counts)}, height, width)
+    return {"size": [height, width], "counts": counts.encode("ascii")}
