@@ -27,6 +27,7 @@ from torch import nn
 
 from ppcr.config.schema import Recipe
 from ppcr.data.refer import ReferDataset
+from ppcr.evaluation.data import check_images_present
 from ppcr.errors import DataError
 
 
@@ -54,6 +55,10 @@ class ReferTrainDataset(torch.utils.data.Dataset):
         self.parts = [
             ReferDataset(name, data.root, data.train_split, images=data.images) for name in data.datasets
         ]
+        # As evaluation does: a missing image fails here, before the model is built or the run
+        # directory written, not when a DataLoader worker reaches it hours later.
+        for part in self.parts:
+            check_images_present(part)
         self.offsets = [0]
         for part in self.parts:
             self.offsets.append(self.offsets[-1] + len(part))
