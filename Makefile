@@ -27,7 +27,7 @@ setup: $(STAMP)
 # The main job, on the embedded default model: generate Shapes-Ref, segment one sample image
 # (mask + overlay in runs/demo/), score every split, print Tables 1-3.
 demo: setup
-	$(BIN)/ppcr prepare shapes --out $(DATA)
+	$(BIN)/ppcr prepare shapes --out $(DATA) --overwrite
 	$(BIN)/ppcr predict $(SAMPLE) "$(SAMPLE_TEXT)" -o runs/demo/mask.png --overlay runs/demo/overlay.png
 	$(BIN)/ppcr eval --data-root $(DATA) --dataset shapes --split val --split testA --split testB
 	$(BIN)/ppcr eval --data-root $(DATA) --dataset shapes+ --split val --split testA --split testB
@@ -37,7 +37,7 @@ demo: setup
 # Reproduces the embedded default model: the shapes recipe on Shapes-Ref (seed 0), about 9 min
 # on two CPU cores; an interrupted run resumes.
 default-model: setup
-	$(BIN)/ppcr prepare shapes --out $(DATA)
+	$(BIN)/ppcr prepare shapes --out $(DATA) --overwrite
 	if [ -d runs/shapes ]; then $(BIN)/ppcr train --recipe shapes --out runs/shapes --resume data.root=$(DATA); \
 	else $(BIN)/ppcr train --recipe shapes --out runs/shapes data.root=$(DATA); fi
 	rm -rf $(ASSET).tmp && cp -r runs/shapes/final $(ASSET).tmp && rm -rf $(ASSET) && mv $(ASSET).tmp $(ASSET)
@@ -48,7 +48,7 @@ default-model: setup
 ABLATIONS = default spatial-prompt=none spatial-prompt=expression spatial-prompt=expression+semantic \
             spatial-head=attn box-source=gt
 ablations: setup
-	$(BIN)/ppcr prepare shapes --out data/shapes
+	$(BIN)/ppcr prepare shapes --out data/shapes --overwrite
 	for choice in $(ABLATIONS); do \
 	  if [ $$choice = default ]; then $(BIN)/ppcr ablate || exit 1; else $(BIN)/ppcr ablate $$choice || exit 1; fi; \
 	done

@@ -93,8 +93,13 @@ def shapes_command(
     images: Annotated[
         Optional[int], typer.Option("--images", help="Number of images to draw [default: the generator's].")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a Shapes-Ref already in OUT (only once the new one is complete).")
+    ] = False,
 ) -> None:
     """Generate Shapes-Ref (shapes, shapes+, shapesg) in the refer layout and print its summary.
+
+    An existing Shapes-Ref in --out is refused unless --overwrite is given.
 
     Example: ppcr prepare shapes --out data/shapes --seed 0
     """
@@ -106,7 +111,7 @@ def shapes_command(
     kwargs = {} if images is None else {"images": images}
     bar, advance = progress("drawing Shapes-Ref", kwargs.get("images"))
     with bar:
-        summary = generate_shapes_ref(out_dir, seed=seed, progress=advance, **kwargs)
+        summary = generate_shapes_ref(out_dir, seed=seed, progress=advance, overwrite=overwrite, **kwargs)
     table = Table(title=f"Shapes-Ref (seed {seed}) in {summary.out}")
     for column in ("dataset", "split", "images", "refs", "sentences"):
         table.add_column(column, justify="left" if column in ("dataset", "split") else "right")

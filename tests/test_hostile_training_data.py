@@ -428,3 +428,31 @@ def test_train_finds_missing_images_before_it_writes_anything(small_shapes_root,
     with time_limit(60), pytest.raises(DataError, match=f"shapes/train: 1 of .* image files missing, e.g. {lost}"):
         train_ppcr(recipe, out, progress=False)
     assert not out.exists()  # no recipe.yaml, no env.json: nothing was started
+
+
+# ============================================================================ 13. prepare shapes never overwrites silently
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_prepare_shapes_refuses_an_existing_dataset_and_replaces_it_whole_with_overwrite(tmp_path):
+    from ppcr.data.shapes import generate_shapes_ref
+
+    out = tmp_path / "data"
+    generate_shapes_ref(out, seed=0, images=24)
+    (out / "refcoco").mkdir()
+    (out / "refcoco" / "instances.json").write_text("{}")  # someone else's dataset beside it
+    before = tree(out)
+    result = run("prepare", "shapes", "--out", str(out), "--seed", "1", "--images", "20")
+    _assert_one_line_error(result, 1, f"{out} already holds a Shapes-Ref dataset (images/shapes, shapes, shapes+, shapesg)")
+    assert "--overwrite" in result.stderr
+    assert tree(out) == before  # nothing was touched
+
+    generate_shapes_ref(out, seed=1, images=20, overwrite=True)
+    fresh = tmp_path / "fresh"
+    generate_shapes_ref(fresh, seed=1, images=20)
+    replaced = tree(out)
+    assert replaced.pop("refcoco/instances.json") == b"{}"  # untouched
+    assert replaced == tree(fresh)  # exactly the new dataset: none of the 24 old images is left

@@ -255,9 +255,10 @@ class _Interrupted(Exception):
     pass
 
 
-def test_an_interrupted_run_leaves_no_refs_file(tmp_path):
+def test_an_interrupted_overwrite_leaves_the_previous_dataset_as_it_was(tmp_path):
     generate_shapes_ref(tmp_path, seed=1, images=20)
-    assert all(DATASETS[name].refs_path(tmp_path).exists() for name in NAMES)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert all(DATASETS[name].refs_path(tmp_path).relative_to(tmp_path) in before for name in NAMES)
 
     seen: list[int] = []
 
@@ -267,8 +268,9 @@ def test_an_interrupted_run_leaves_no_refs_file(tmp_path):
             raise _Interrupted
 
     with pytest.raises(_Interrupted):
-        generate_shapes_ref(tmp_path, seed=2, images=20, progress=stop_after_five)
-    assert not any(DATASETS[name].refs_path(tmp_path).exists() for name in NAMES)
+        generate_shapes_ref(tmp_path, seed=2, images=20, progress=stop_after_five, overwrite=True)
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
     assert not list(tmp_path.rglob("*.tmp*"))
 
 

@@ -2,8 +2,9 @@
 
 Output is the refer layout (``<out>/<folder>/refs(<split_by>).p`` + ``instances.json``, images
 under ``<out>/images/shapes``), so the RefCOCO reader, trainer and evaluator read it unchanged.
-Every file is written atomically (``ppcr.io``); the refs pickles go last, so a
-run that is interrupted never leaves a refs file whose images or annotations are missing.
+The dataset is built in a staging folder inside ``<out>`` and swapped in when complete (refs
+last), so a run that is interrupted never leaves a refs file whose images or annotations are
+missing, and an existing dataset is replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import io
 import json
 import os
 import pickle
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +32,7 @@ from ppcr.data.shapes.scene import ATTRIBUTES_KEY, Scene, SceneObject
 from ppcr.data.shapes.splits import assign_splits, target_allowed
 from ppcr.data.shapes.vocabulary import FAMILIES, FAMILY_OF, SHAPE_TYPES
 from ppcr.errors import DataError
-from ppcr.io import atomic_write_bytes
+from ppcr.io import atomic_write_bytes, replace_directory
 
 DEFAULT_IMAGES = 1500
 MIN_IMAGES = 20
@@ -43,6 +46,7 @@ CATEGORY_IDS: dict[str, int] = {shape: index + 1 for index, shape in enumerate(S
 # numpy seed-sequence streams: (seed, image id, stream) keeps each image and dataset independent.
 DRAW_STREAM = 0
 SPLIT_IMAGE_ID = 0  # image ids start at 1, so id 0 is free for the split partitions
+STAGING_PREFIX = ".shapes-ref.tmp-"  # the new dataset is built in <out>/.shapes-ref.tmp-XXXXXXXX
 
 
 @dataclass
@@ -68,13 +72,42 @@ def _prepare_out(out: Path) -> None:
         raise DataError(f"output path {out} exists and is not a folder", hint="pass a folder path")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for name in DATASETS_WRITTEN:
-            (out / DATASETS[name].folder).mkdir(exist_ok=True)
-        DATASETS["shapes"].images_dir(out).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DataError(f"cannot create output folders under {out}: {error.strerror or error}") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise DataError(f"output folder {out} is not writable")
+
+
+def _dataset_paths() -> list[str]:
+    """The folders a Shapes-Ref occupies under its root: the shared images, then each dataset."""
+    return [DATASETS["shapes"].images_subdir, *(DATASETS[name].folder for name in DATASETS_WRITTEN)]
+
+
+def existing_dataset(out: Path) -> list[str]:
+    """Which of the Shapes-Ref folders under ``out`` exist with something in them."""
+    found = []
+    for relative in _dataset_paths():
+        path = out / relative
+        if path.is_symlink() or path.is_file() or (path.is_dir() and any(path.iterdir())):
+            found.append(relative)
+    return found
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Move a complete Shapes-Ref from ``staging`` into ``out``, replacing any previous one.
+
+    The old refs pickles go first, so no instant has old refs over new images; then each folder
+    is swapped in whole (:func:`~ppcr.io.replace_directory`), the images first and each
+    dataset's refs with it last. Until then an existing dataset was left untouched.
+    """
+    try:
+        for name in DATASETS_WRITTEN:
+            DATASETS[name].refs_path(out).unlink(missing_ok=True)
+        for relative in _dataset_paths():
+            (out / relative).parent.mkdir(parents=True, exist_ok=True)
+            replace_directory(staging / relative, out / relative)
+    except OSError as error:
+        raise DataError(f"cannot write Shapes-Ref into {out}: {error.strerror or error}") from None
 
 
 
@@ -193,10 +226,14 @@ def generate_shapes_ref(
     seed: int = 0,
     images: int = DEFAULT_IMAGES,
     progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
 ) -> ShapesSummary:
     """Generate Shapes-Ref under ``out``; byte-identical output for the same seed and size.
 
-    ``progress(1)`` is called once per image drawn (``images`` calls in all).
+    ``progress(1)`` is called once per image drawn (``images`` calls in all). A Shapes-Ref
+    already in ``out`` is refused unless ``overwrite``; either way the new one is built in a
+    temporary folder inside ``out`` and moved into place only when complete, so an interrupted
+    run leaves the previous dataset as it was. Other folders in ``out`` are never touched.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -208,9 +245,36 @@ def generate_shapes_ref(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed!r}")
     _prepare_out(out)
-    for name in DATASETS_WRITTEN:  # an older run's refs must not outlive a run interrupted here
-        DATASETS[name].refs_path(out).unlink(missing_ok=True)
+    existing = existing_dataset(out)
+    if existing and not overwrite:
+        raise DataError(
+            f"{out} already holds a Shapes-Ref dataset ({', '.join(existing)})",
+            hint="pass --overwrite to replace it (library: overwrite=True), or choose another --out",
+        )
+    for stale in out.glob(f"{STAGING_PREFIX}*"):  # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    except OSError as error:
+        raise DataError(f"cannot write into {out}: {error.strerror or error}") from None
+    try:
+        summary = _write_shapes_ref(staging, seed, images, progress)
+        _install(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    summary.out = out
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _write_shapes_ref(
+    out: Path, seed: int, images: int, progress: Callable[[int], None] | None
+) -> ShapesSummary:
+    """Draw the images and write the three datasets under ``out`` (an empty staging folder)."""
+    for name in DATASETS_WRITTEN:
+        (out / DATASETS[name].folder).mkdir()
     image_dir = DATASETS["shapes"].images_dir(out)
+    image_dir.mkdir(parents=True)
 
     coco_images, annotations, scenes, file_names = [], [], {}, {}
     for image_id in range(1, images + 1):
@@ -245,5 +309,4 @@ def generate_shapes_ref(
         atomic_write_bytes(spec.instances_path(out), instances_bytes)
         atomic_write_bytes(spec.refs_path(out), pickle.dumps(refs, protocol=PICKLE_PROTOCOL))
         summary.datasets[name] = _split_counts(refs, spec.splits)
-    summary.seconds = time.perf_counter() - started
     return summary
