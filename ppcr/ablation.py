@@ -17,6 +17,7 @@ from ppcr.config.ablations import AblationChoice, list_axes, parse_choice
 from ppcr.config.loading import load_recipe
 from ppcr.config.schema import Recipe
 from ppcr.errors import PPCRError
+from ppcr.training.layout import STATE_DIR
 
 DEFAULT_RUNS_ROOT = Path("runs/ablate")
 EVAL_ONLY_AXES = {"box_source"}
@@ -102,7 +103,12 @@ def plan_ablation(
             f"{run_dir} holds a run of a different recipe",
             hint="remove it, or pass another --runs folder, to train this variant",
         )
-    return AblationPlan(resolved, choices, run_dir, "reuse" if final.is_file() else "resume")
+    if final.is_file():
+        return AblationPlan(resolved, choices, run_dir, "reuse")
+    if (run_dir / STATE_DIR / "latest").is_file():
+        return AblationPlan(resolved, choices, run_dir, "resume")
+    # Stopped before its first training state: nothing to resume, so it starts again.
+    return AblationPlan(resolved, choices, run_dir, "train")
 
 
 def run_ablation(

@@ -316,6 +316,20 @@ def test_a_run_killed_between_its_first_export_and_state_names_what_to_delete(tm
     assert train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False).steps == 16
 
 
+
+def test_ppcr_ablate_starts_again_a_variant_killed_before_its_first_state(tmp_path):
+    from ppcr.ablation import plan_ablation
+    from ppcr.config.loading import save_recipe
+
+    plan = plan_ablation(["spatial-head=attn"], runs_root=tmp_path)
+    plan.run_dir.mkdir(parents=True)
+    save_recipe(plan.recipe, plan.run_dir / "recipe.yaml")  # what a run killed at its first steps leaves
+    assert plan_ablation(["spatial-head=attn"], runs_root=tmp_path).action == "train"  # not "resume"
+    (plan.run_dir / "state" / "step_000004").mkdir(parents=True)
+    (plan.run_dir / "state" / "latest").write_text("step_000004\n")
+    assert plan_ablation(["spatial-head=attn"], runs_root=tmp_path).action == "resume"
+
+
 # ============================================================================ 9. non-finite weights are never "last good"
 
 
