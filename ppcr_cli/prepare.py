@@ -94,7 +94,8 @@ def shapes_command(
         Optional[int], typer.Option("--images", help="Number of images to draw [default: the generator's].")
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a Shapes-Ref already in OUT (only once the new one is complete).")
+        bool,
+        typer.Option("--overwrite", help="Replace a Shapes-Ref already in OUT (once the new one is complete)."),
     ] = False,
 ) -> None:
     """Generate Shapes-Ref (shapes, shapes+, shapesg) in the refer layout and print its summary.

@@ -25,11 +25,11 @@ import torch
 from ppcr.data.pickles import load_refs_pickle
 from ppcr.data.prepare import check_refer_layout
 from ppcr.data.refer import ReferIndex, clear_index_cache
-from ppcr.errors import CheckpointError, DataError, PPCRError
+from ppcr.errors import CheckpointError, DataError
 from ppcr.training.errors import TrainingError
 from ppcr.training.run import train
-from tests.refer_fixtures import small_example, write_example, write_small_example
 from tests import stand_in_model
+from tests.refer_fixtures import small_example, write_example, write_small_example
 from tests.stand_in_model import StandInFactory, StandInModel, build_dataset, collate
 from tests.test_cli import _assert_one_line_error, run
 from tests.test_training_engine import make_recipe, temporaries
@@ -57,11 +57,16 @@ def time_limit(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
+def stand_in_run(out: Path, recipe=None, **options):
+    """A run of the engine's stand-in model (16 steps, a state every 4), quiet."""
+    return train(recipe or make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False, **options)
+
+
 def metrics_steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-# ============================================================================ 3. one run per folder
+# ============================================================ 3. one run per folder
 
 
 def test_a_second_run_on_a_folder_in_use_is_refused_and_the_first_is_untouched(tmp_path):
@@ -73,12 +78,11 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_the_first_is_untouched(t
     def start_another_while_running(row):
         if row["step"] == 6:  # the state of step 4 exists: a resume would find everything it needs
             try:
-                train(make_recipe(), out, StandInFactory(), build_dataset, collate, resume=True, progress=False)
+                stand_in_run(out, resume=True)
             except TrainingError as exc:
                 refusals.append(exc)
 
-    result = train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False,
-                   on_log=start_another_while_running)
+    result = stand_in_run(out, on_log=start_another_while_running)
     assert len(refusals) == 1, "the second run was not refused"
     message = refusals[0].message
     assert f"{out} is in use by another training run (PID {os.getpid()}" in message
@@ -99,17 +103,17 @@ def test_the_lock_names_its_holder_and_a_killed_holder_frees_the_folder(tmp_path
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(TrainingError, match=f"in use by another training run \\(PID {holder.pid} on "):
-            train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False)
+            stand_in_run(out)
         assert not (out / "recipe.yaml").exists()
     finally:
         holder.send_signal(signal.SIGKILL)  # a crash: no cleanup code runs, the kernel drops the lock
         holder.wait(timeout=30)
     assert (out / ".ppcr-train.lock").exists()  # the dead holder's file is left behind ...
-    result = train(make_recipe(max_steps=2), out, StandInFactory(), build_dataset, collate, progress=False)
+    result = stand_in_run(out, make_recipe(max_steps=2))
     assert result.steps == 2  # ... and does not block the folder
 
 
-# ============================================================================ 5. refs pickle bombs
+# ============================================================ 5. refs pickle bombs
 
 PY2_LATIN1_STRING = b"U\x04caf\xe9"  # SHORT_BINSTRING 'café' as Python 2 wrote it: forces the latin1 path
 
@@ -191,7 +195,7 @@ def test_real_refs_records_still_load_from_python2_and_python3_pickles(tmp_path)
         assert len(ReferIndex.load("refcoco", fixture.root).split("train")) == 4
 
 
-# ============================================================================ 6. disk full during a checkpoint
+# ============================================================ 6. disk full during a checkpoint
 
 
 def torch_save_failing_in(marker: str):
@@ -227,13 +231,13 @@ def report_no_free_space_under(monkeypatch, root: Path) -> None:
 
 @pytest.mark.parametrize("disk_full", [True, False], ids=["disk-full", "other-write-failure"])
 def test_a_state_save_that_cannot_write_is_one_line_and_leaves_no_partial_state(tmp_path, monkeypatch, disk_full):
-    reference = train(make_recipe(), tmp_path / "reference", StandInFactory(), build_dataset, collate, progress=False)
+    reference = stand_in_run(tmp_path / "reference")
     out = tmp_path / "run"
     monkeypatch.setattr(torch, "save", torch_save_failing_in(".partial-step_000008"))
     if disk_full:
         report_no_free_space_under(monkeypatch, tmp_path)
     with pytest.raises(CheckpointError) as caught:
-        train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False)
+        stand_in_run(out)
     state = out / "state" / "step_000008"
     if disk_full:
         assert caught.value.message == f"no space left on device while writing {state}"
@@ -245,7 +249,7 @@ def test_a_state_save_that_cannot_write_is_one_line_and_leaves_no_partial_state(
     assert temporaries(out) == []  # the .partial-step_000008 folder is gone
     assert (out / "state" / "latest").read_text().strip() == "step_000004"
     monkeypatch.undo()  # room again: the run continues from its last complete state
-    resumed = train(make_recipe(), out, StandInFactory(), build_dataset, collate, resume=True, progress=False)
+    resumed = stand_in_run(out, resume=True)
     assert resumed.resumed_from_step == 4
     assert resumed.weight_digests == reference.weight_digests  # bit-identical to the uninterrupted run
 
@@ -260,12 +264,12 @@ def test_an_export_that_fills_the_disk_is_one_line_and_leaves_no_temporary(tmp_p
     monkeypatch.setattr(stand_in_model, "save_file", save_file)
     out = tmp_path / "run"
     with pytest.raises(CheckpointError) as caught:
-        train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False)
+        stand_in_run(out)
     assert caught.value.message == f"no space left on device while writing {out / 'checkpoints' / 'step_000004'}"
     assert temporaries(out) == [] and list((out / "checkpoints").iterdir()) == []
 
 
-# ============================================================================ 7. killed before the first state save
+# ============================================================ 7. killed before the first state save
 
 
 class Killed(Exception):
@@ -281,15 +285,15 @@ def killed_at_step(step: int):
 
 
 def test_a_run_killed_before_its_first_state_save_can_be_started_again(tmp_path):
-    reference = train(make_recipe(), tmp_path / "reference", StandInFactory(), build_dataset, collate, progress=False)
+    reference = stand_in_run(tmp_path / "reference")
     out = tmp_path / "run"
     with pytest.raises(Killed):  # step 2 of 16; the first state is saved at step 4
-        train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False, on_log=killed_at_step(2))
+        stand_in_run(out, on_log=killed_at_step(2))
     assert (out / "recipe.yaml").exists() and metrics_steps(out) == [1, 2]
     with pytest.raises(TrainingError, match="nothing to resume") as caught:
-        train(make_recipe(), out, StandInFactory(), build_dataset, collate, resume=True, progress=False)
+        stand_in_run(out, resume=True)
     assert "without --resume" in caught.value.hint  # which now works:
-    result = train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False)  # was refused
+    result = stand_in_run(out)  # was refused
     assert result.weight_digests == reference.weight_digests
     assert metrics_steps(out) == list(range(1, 17))  # the abandoned start's rows are gone
 
@@ -304,16 +308,16 @@ def test_a_run_killed_between_its_first_export_and_state_names_what_to_delete(tm
     with monkeypatch.context() as patch:
         patch.setattr(loop, "save_training_state", killed)
         with pytest.raises(Killed):
-            train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False)
+            stand_in_run(out)
     assert (out / "checkpoints" / "step_000004").is_dir() and not (out / "state" / "latest").exists()
     with pytest.raises(TrainingError, match="holds exported weights \\(checkpoints/step_000004\\)") as fresh:
-        train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False)
+        stand_in_run(out)
     assert f"delete {out / 'checkpoints'}" in fresh.value.hint
     with pytest.raises(TrainingError, match="nothing to resume") as resumed:
-        train(make_recipe(), out, StandInFactory(), build_dataset, collate, resume=True, progress=False)
+        stand_in_run(out, resume=True)
     assert f"delete {out / 'checkpoints'}, then start again without --resume" in resumed.value.hint
     shutil.rmtree(out / "checkpoints")  # what the hint says
-    assert train(make_recipe(), out, StandInFactory(), build_dataset, collate, progress=False).steps == 16
+    assert stand_in_run(out).steps == 16
 
 
 
@@ -330,7 +334,7 @@ def test_ppcr_ablate_starts_again_a_variant_killed_before_its_first_state(tmp_pa
     assert plan_ablation(["spatial-head=attn"], runs_root=tmp_path).action == "resume"
 
 
-# ============================================================================ 9. non-finite weights are never "last good"
+# ============================================================ 9. non-finite weights are never "last good"
 
 
 class NaNGradientModel(StandInModel):
@@ -367,7 +371,7 @@ def test_weights_made_non_finite_by_an_update_are_not_saved_as_a_good_checkpoint
         assert all(bool(torch.isfinite(p).all()) for p in model.parameters()), name
 
 
-# ============================================================================ 11. invalid annotations
+# ============================================================ 11. invalid annotations
 
 
 def write_with_bad_annotations(root: Path, bbox=None, counts=None):
@@ -392,8 +396,8 @@ def test_prepare_refuses_annotations_that_cannot_be_used_one_line_each(tmp_path)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "invalid: ann 101 (ref 1): bbox value 1 of 4 is not a finite number" in lines
     assert "invalid: ann 103 (ref 3): RLE runs add up to 160 pixels, not the image's 1200" in lines
-    assert any(line.startswith("error: refcoco: 2 of 6 annotations the refs use are invalid (first ann_id: 101, 103)")
-               for line in lines), lines
+    error = "error: refcoco: 2 of 6 annotations the refs use are invalid (first ann_id: 101, 103)"
+    assert any(line.startswith(error) for line in lines), lines
     assert "Traceback" not in result.stderr
 
 
@@ -404,6 +408,7 @@ def test_prepare_refuses_annotations_that_cannot_be_used_one_line_each(tmp_path)
         ([2, 2, -16, 16], "bbox has no area (w=-16, h=16)"),
         ([2, 2, 16, "16"], "bbox value 4 of 4 is a str, not a number"),
     ],
+    ids=["huge", "negative-width", "string"],
 )
 def test_prepare_checks_that_boxes_have_an_area_inside_the_image(tmp_path, bbox, reason):
     report = check_refer_layout("refcoco", write_with_bad_annotations(tmp_path, bbox=bbox).root)
@@ -413,18 +418,18 @@ def test_prepare_checks_that_boxes_have_an_area_inside_the_image(tmp_path, bbox,
 
 def test_the_reader_refuses_invalid_annotations_with_a_data_error(tmp_path):
     root = write_with_bad_annotations(tmp_path / "box", bbox=[float("nan"), 1e308, -5, "x"]).root
-    with pytest.raises(DataError, match="annotation 101 \\(ref 1\\) in .*instances.json: bbox value 1 of 4 is not"):
+    expected = "annotation 101 \\(ref 1\\) in .*instances.json: bbox value 1 of 4 is not a finite number"
+    with pytest.raises(DataError, match=expected):
         ReferIndex.load("refcoco", root).split("train")  # what eval and train read
     half_rle = small_example().annotations[2]["segmentation"]["counts"][:3]
-    train_split = ReferIndex.load("refcoco", write_with_bad_annotations(tmp_path / "rle", counts=half_rle).root).split(
-        "train"
-    )
+    bad_rle = write_with_bad_annotations(tmp_path / "rle", counts=half_rle)
+    train_split = ReferIndex.load("refcoco", bad_rle.root).split("train")
     [blob] = [sample for sample in train_split if sample.ann_id == 103]
     with pytest.raises(DataError, match="annotation 103: RLE runs add up to 160 pixels, not the image's 1200"):
         train_split.mask(blob)
 
 
-# ============================================================================ 12. training checks its images first
+# ============================================================ 12. training checks its images first
 
 
 def test_train_finds_missing_images_before_it_writes_anything(small_shapes_root, tmp_path):
@@ -444,7 +449,7 @@ def test_train_finds_missing_images_before_it_writes_anything(small_shapes_root,
     assert not out.exists()  # no recipe.yaml, no env.json: nothing was started
 
 
-# ============================================================================ 13. prepare shapes never overwrites silently
+# ============================================================ 13. prepare shapes never overwrites silently
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -460,7 +465,8 @@ def test_prepare_shapes_refuses_an_existing_dataset_and_replaces_it_whole_with_o
     (out / "refcoco" / "instances.json").write_text("{}")  # someone else's dataset beside it
     before = tree(out)
     result = run("prepare", "shapes", "--out", str(out), "--seed", "1", "--images", "20")
-    _assert_one_line_error(result, 1, f"{out} already holds a Shapes-Ref dataset (images/shapes, shapes, shapes+, shapesg)")
+    existing = "images/shapes, shapes, shapes+, shapesg"
+    _assert_one_line_error(result, 1, f"{out} already holds a Shapes-Ref dataset ({existing})")
     assert "--overwrite" in result.stderr
     assert tree(out) == before  # nothing was touched
 

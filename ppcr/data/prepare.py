@@ -3,9 +3,9 @@
 The real datasets cannot be downloaded by PPCR (the original host is gone; mirrors are listed in
 the README), so ``prepare`` checks what the user put in place: the refs pickle and instances.json
 parse, every ref's annotation and image entry exist, every annotation a ref uses is valid (see
-:mod:`ppcr.data.annotations`), and every referenced image file is on disk. Structural failures (no root, no folder, unreadable files) raise at once; per-record problems are
-collected into a :class:`LayoutReport` so the user sees all of them with measured vs published
-counts.
+:mod:`ppcr.data.annotations`), and every referenced image file is on disk. Structural failures
+(no root, no folder, unreadable files) raise at once; per-record problems are collected into a
+:class:`LayoutReport` so the user sees all of them with measured vs published counts.
 """
 
 from __future__ import annotations
