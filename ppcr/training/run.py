@@ -226,8 +226,9 @@ def check_run_dir(out: Path, recipe: Recipe, resume: bool, world_size: int) -> N
                 hint="pass --resume to continue it, or choose a new output directory",
             )
         if exported:
+            shown = ", ".join(exported[:3]) + (f" and {len(exported) - 3} more" if len(exported) > 3 else "")
             raise TrainingError(
-                f"{out} holds exported weights ({', '.join(exported)}) but no training state to resume from",
+                f"{out} holds exported weights ({shown}) but no training state to resume from",
                 hint=f"to train again from step 0 delete {_delete_list(out, exported)}, "
                 "or choose a new output directory",
             )
