@@ -216,6 +216,7 @@ def eval_command(
 
     from ppcr.data.datasets import get_dataset
     from ppcr.evaluation.data import load_split
+    from ppcr.evaluation.outputs import check_eval_destination
     from ppcr.evaluation.runs import default_eval_dir
 
     _choice(output_format, FORMATS, "--format")
@@ -235,9 +236,10 @@ def eval_command(
     for name in splits:
         spec.check_split(name)
     root = data_root if data_root is not None else default_data_root(_saved_recipe(model, config.recipe))
-    for name in splits:  # every split's annotations and images are checked before the model loads
-        load_split(dataset, name, root, images)
+    # Every split's annotations and images, and where the results go, are checked before the model loads.
+    loaded = [load_split(dataset, name, root, images) for name in splits]
     destination = out_dir if out_dir is not None else default_eval_dir(model, box_source)
+    check_eval_destination(destination, dataset, splits, [model, root, *(data.images_dir for data in loaded)])
 
     embedded = embedded_run_dir(model)
     if embedded is not None and out_dir is None:

@@ -31,7 +31,9 @@ object per image.
 
 --batch FILE.jsonl runs many images, one JSON object per line:
 {"image": "a.jpg", "expressions": ["the red circle"], "mask": "a.png", "overlay": "a-overlay.jpg"}
-(mask and overlay optional; relative paths are relative to the JSONL file's folder).
+(mask and overlay optional; relative paths are relative to the JSONL file's folder). No output
+may be any line's image or another output, under any name (links included): that is refused
+before anything runs.
 Each image is encoded once however many expressions it has.
 
 Without --model the embedded default model is used. Expressions longer than the model's

@@ -1,0 +1,186 @@
+"""Hostile and careless output paths and model outputs (issue 23, points 1, 2, 8, 9, 14, 15).
+
+Each case keeps its files small and finishes in a few seconds: where the point is "refused
+before any work", the model loader is replaced by one that fails the test, so the old behaviour
+(running the whole job and then overwriting an input) shows up as a failure at once instead of
+a long run. Nothing here needs a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+
+from ppcr_cli.errors import run_guarded
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("PPCR_DEBUG", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def ppcr(capsys, *args):
+    """Run ``ppcr ARGS`` in this process (the error boundary included): (exit code, stdout, stderr)."""
+    from ppcr_cli.main import app
+
+    code = run_guarded(typer.main.get_command(app), [*map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(result, text, code_expected=1):
+    code, out, err = result
+    assert code == code_expected, (code, out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("error:"), err
+    assert text in lines[0], lines[0]
+    assert len(lines) <= 2 and all(line.startswith(("error:", "hint:")) for line in lines), err
+    assert "Traceback" not in out + err
+    return lines
+
+
+def picture(path, seed=0, size=(61, 43)):
+    width, height = size
+    pixels = np.random.RandomState(seed).randint(0, 256, (height, width, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def files_under(folder) -> list[str]:
+    """Every file and link below ``folder`` (hidden temporaries included)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Loading a model fails the test: these cases must be refused before that."""
+    from ppcr.inference import predictor
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded although the outputs are unsafe")
+
+    monkeypatch.setattr(predictor.PPCRPredictor, "from_pretrained", must_not_load)
+    monkeypatch.setattr("ppcr_cli.eval._load_model", must_not_load)
+
+
+# ------------------------------------------------------------------ 1: batch outputs vs. inputs
+
+
+@pytest.mark.parametrize("key", ["mask", "overlay"])
+def test_batch_output_naming_another_lines_input_is_refused_before_anything_runs(capsys, tmp_path, no_model_load, key):
+    first, second = picture(tmp_path / "a.png", 1), picture(tmp_path / "b.png", 2)
+    before = second.read_bytes()
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        json.dumps({"image": "a.png", "expressions": ["red circle"], key: "b.png"}) + "\n"
+        + json.dumps({"image": "b.png", "expressions": ["blue square"]}) + "\n"
+    )
+    lines = assert_one_line_error(ppcr(capsys, "predict", "--batch", jobs), "jobs.jsonl line 1")
+    assert "b.png" in lines[0] and "input image" in lines[0]
+    assert second.read_bytes() == before and first.is_file()
+    assert files_under(tmp_path) == ["a.png", "b.png", "jobs.jsonl"]
+
+
+def test_batch_outputs_colliding_through_a_linked_folder_are_refused(capsys, tmp_path, no_model_load):
+    picture(tmp_path / "a.png", 1)
+    picture(tmp_path / "b.png", 2)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "same-out").symlink_to(tmp_path / "out", target_is_directory=True)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        json.dumps({"image": "a.png", "expressions": ["x"], "mask": "out/m.png"}) + "\n"
+        + json.dumps({"image": "b.png", "expressions": ["y"], "mask": "same-out/m.png"}) + "\n"
+    )
+    assert_one_line_error(ppcr(capsys, "predict", "--batch", jobs), "same file")
+    assert not any((tmp_path / "out").iterdir())
+
+
+# ------------------------------------------------------------------ 2: the same file by another name
+
+
+def test_input_reached_through_a_symlink_is_not_overwritten_by_its_target(capsys, tmp_path, no_model_load):
+    real = picture(tmp_path / "a.png", 1)
+    before = real.read_bytes()
+    (tmp_path / "link.png").symlink_to(real)
+    for option in ("-o", "--overlay"):
+        assert_one_line_error(ppcr(capsys, "predict", tmp_path / "link.png", "x", option, real), "input image")
+    # And the other way round: the output is a link to the input, or a hard link of it.
+    assert_one_line_error(ppcr(capsys, "predict", real, "x", "-o", tmp_path / "link.png"), "input image")
+    os.link(real, tmp_path / "hard.png")
+    assert_one_line_error(ppcr(capsys, "predict", tmp_path / "hard.png", "x", "-o", real), "input image")
+    # A folder reached through a link names the same file too.
+    (tmp_path / "here").symlink_to(tmp_path, target_is_directory=True)
+    assert_one_line_error(ppcr(capsys, "predict", real, "x", "--overlay", tmp_path / "here" / "a.png"), "input image")
+    assert real.read_bytes() == before
+
+
+def test_batch_input_through_a_symlink_is_protected_too(capsys, tmp_path, no_model_load):
+    real = picture(tmp_path / "a.png", 1)
+    (tmp_path / "link.png").symlink_to(real)
+    picture(tmp_path / "b.png", 2)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        json.dumps({"image": "b.png", "expressions": ["x"], "mask": "a.png"}) + "\n"
+        + json.dumps({"image": "link.png", "expressions": ["y"]}) + "\n"
+    )
+    assert_one_line_error(ppcr(capsys, "predict", "--batch", jobs), "input image")
+
+
+@pytest.fixture
+def eval_args(small_shapes_root):
+    def make(model, out):
+        return ["eval", "--model", model, "--dataset", "shapes", "--split", "val",
+                "--data-root", small_shapes_root, "--out", out, "--device", "cpu"]
+
+    return make
+
+
+def test_eval_out_that_would_replace_the_model_folder_is_refused(capsys, tmp_path, tiny_model_dir, eval_args,
+                                                                 no_model_load):
+    """``--out`` such that OUT/shapes_val is the model (here reached through a symlink): the
+    evaluation would replace that folder with its results."""
+    model = tmp_path / "shapes_val"
+    shutil.copytree(tiny_model_dir, model)
+    (tmp_path / "link").symlink_to(model, target_is_directory=True)
+    lines = assert_one_line_error(ppcr(capsys, *eval_args(tmp_path / "link", tmp_path)), "would replace")
+    assert str(tmp_path / "shapes_val") in lines[0]
+    assert (model / "config.json").is_file()
+
+
+def test_eval_out_that_would_replace_the_images_folder_is_refused(capsys, tmp_path, small_shapes_root, tiny_model_dir,
+                                                                  eval_args, no_model_load):
+    images = tmp_path / "results" / "shapes_val"
+    shutil.copytree(small_shapes_root / "images" / "shapes", images)
+    args = [*eval_args(tiny_model_dir, tmp_path / "results"), "--images", images]
+    assert_one_line_error(ppcr(capsys, *args), "would replace")
+    assert any(images.iterdir())
+
+
+# ------------------------------------------------------------------ 8: eval outputs checked first
+
+
+def test_eval_out_that_is_a_file_fails_before_the_model_loads(capsys, tmp_path, tiny_model_dir, eval_args,
+                                                              no_model_load):
+    a_file = tmp_path / "results.json"
+    a_file.write_text("{}")
+    assert_one_line_error(ppcr(capsys, *eval_args(tiny_model_dir, a_file)), "is a file")
+    assert_one_line_error(ppcr(capsys, *eval_args(tiny_model_dir, a_file / "deeper")), "is not a directory")
+    assert a_file.read_text() == "{}"
+
+
+def test_eval_out_in_a_read_only_place_fails_before_the_model_loads(capsys, tmp_path, tiny_model_dir, eval_args,
+                                                                    no_model_load, monkeypatch):
+    # Tests run as root here, where every folder is writable: simulate a read-only one.
+    monkeypatch.setattr(os, "access", lambda path, mode: not mode & os.W_OK)
+    assert_one_line_error(ppcr(capsys, *eval_args(tiny_model_dir, tmp_path / "new")), "is not writable")
