@@ -212,12 +212,11 @@ def eval_command(
 
       ppcr eval --model ckpt --dataset refcoco --split val --box-source gt --save-vis 8
     """
-    import json
-
     from ppcr.data.datasets import get_dataset
     from ppcr.evaluation.data import load_split
     from ppcr.evaluation.outputs import check_eval_destination
     from ppcr.evaluation.runs import default_eval_dir
+    from ppcr.strict_json import strict_json_dumps
 
     _choice(output_format, FORMATS, "--format")
     _choice(box_source, BOX_SOURCES, "--box-source")
@@ -266,6 +265,6 @@ def eval_command(
         )
     if output_format == "json":
         payload = [{**result.to_json(), "out_dir": str(result.out_dir)} for result in results]
-        typer.echo(json.dumps(payload, indent=2))
+        typer.echo(strict_json_dumps(payload, indent=2))  # never NaN: not JSON
     else:
         print_results(results, destination)

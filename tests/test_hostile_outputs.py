@@ -184,3 +184,56 @@ def test_eval_out_in_a_read_only_place_fails_before_the_model_loads(capsys, tmp_
     # Tests run as root here, where every folder is writable: simulate a read-only one.
     monkeypatch.setattr(os, "access", lambda path, mode: not mode & os.W_OK)
     assert_one_line_error(ppcr(capsys, *eval_args(tiny_model_dir, tmp_path / "new")), "is not writable")
+
+
+# ------------------------------------------------------------------ 9: non-finite boxes
+
+
+@pytest.fixture(scope="module")
+def nan_box_model(tmp_path_factory, tiny_model_dir):
+    """The tiny model with a box head whose weights are NaN: every predicted box is NaN."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path_factory.mktemp("nan-model") / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    heads = load_file(str(copy / "heads.safetensors"))
+    for name in heads:
+        if name.startswith("box_head."):
+            heads[name] = torch.full_like(heads[name], float("nan"))
+    save_file(heads, str(copy / "heads.safetensors"), metadata={"format": "pt"})
+    return copy
+
+
+def _strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_box_is_json_null_with_a_warning(capsys, tmp_path, nan_box_model):
+    photo = picture(tmp_path / "a.png")
+    code, out, err = ppcr(capsys, "predict", photo, "red circle", "--model", nan_box_model, "--format", "json",
+                          "--overlay", tmp_path / "o.png")
+    assert code == 0, err
+    (row,) = _strict_json(out)["predictions"]
+    assert row["box"] is None
+    warned = [line for line in err.splitlines() if line.strip()]
+    assert len(warned) == 1 and warned[0].startswith("warning:") and "not finite" in warned[0], err
+    assert (tmp_path / "o.png").is_file()
+
+    code, out, err = ppcr(capsys, "predict", photo, "red circle", "--model", nan_box_model)
+    assert code == 0, err
+    assert "box not finite" in out and "(nan" not in out
+    assert any(line.startswith("warning:") and "not finite" in line for line in err.splitlines()), err
+
+
+def test_json_helper_turns_every_non_finite_number_into_null():
+    from ppcr.strict_json import strict_json_dumps, without_non_finite
+
+    value, where = without_non_finite({"a": [1.0, float("nan")], "b": {"c": float("-inf")}, "d": 2, "e": "NaN"})
+    assert value == {"a": [1.0, None], "b": {"c": None}, "d": 2, "e": "NaN"}
+    assert where == ["a[1]", "b.c"]
+    with pytest.raises(ValueError):
+        strict_json_dumps({"x": float("nan")})
