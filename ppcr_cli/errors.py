@@ -28,8 +28,11 @@ def _print(message: str, hint: str | None = None) -> None:
 
 def run_guarded(command: click.Command, args: list[str], prog_name: str = "ppcr") -> int:
     """Run a click command, turning every failure into a short message and an exit code."""
+    from ppcr_cli.console import one_line_warnings
+
     try:
-        result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+        with one_line_warnings(enabled=not debug_enabled()):
+            result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
         return result if isinstance(result, int) else 0
     except PPCRError as exc:
         if debug_enabled():

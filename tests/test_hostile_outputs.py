@@ -237,3 +237,82 @@ def test_json_helper_turns_every_non_finite_number_into_null():
     assert where == ["a[1]", "b.c"]
     with pytest.raises(ValueError):
         strict_json_dumps({"x": float("nan")})
+
+
+# ------------------------------------------------------------------ 14: very big images
+
+
+def _reference_overlay(image, mask, gt_mask, alpha=0.5):
+    """The overlay's documented pixel rule, computed the plain way (float copy of everything)."""
+    from ppcr.images import GT_COLOR, PRED_COLOR
+
+    pixels = np.asarray(image, dtype=np.float32).copy()
+    pixels[mask] = (1.0 - alpha) * pixels[mask] + alpha * np.asarray(PRED_COLOR, dtype=np.float32)
+    padded = np.pad(gt_mask, 1, constant_values=False)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:] & gt_mask
+    pixels[gt_mask & ~interior] = GT_COLOR
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def test_overlay_of_a_big_image_allocates_no_full_size_float_copy():
+    """Drawing must not hold float copies of the whole image (12000×9000 peaked at 6 GB): numpy
+    may allocate at most about one byte per pixel (a bool mask) while drawing. PIL's own
+    uint8 copy is not counted by tracemalloc and is allowed."""
+    from ppcr.images import overlay
+
+    height, width = 1500, 2000
+    rng = np.random.RandomState(3)
+    image = Image.fromarray(rng.randint(0, 256, (height, width, 3)).astype(np.uint8))
+    yy, xx = np.mgrid[:height, :width]
+    mask = (yy - 700) ** 2 + (xx - 900) ** 2 < 600**2
+    gt_mask = (abs(yy - 800) < 450) & (abs(xx - 1100) < 700)
+    tracemalloc.start()
+    try:
+        drawn = overlay(image, mask, box_xyxy=(300, 100, 1500, 1300), gt_mask=gt_mask)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * height * width, f"overlay peaked at {peak / 1e6:.1f} MB of numpy/Python memory"
+    expected = _reference_overlay(image, mask, gt_mask)
+    result = np.asarray(drawn)
+    inside_box = np.zeros((height, width), bool)  # the box outline is drawn on top; compare elsewhere
+    line = max(1, round(min(width, height) / 200))
+    inside_box[100 - line : 1300 + line + 1, 300 - line : 1500 + line + 1] = True
+    inside_box[100 + line : 1300 - line + 1, 300 + line : 1500 - line + 1] = False
+    np.testing.assert_array_equal(result[~inside_box], expected[~inside_box])
+
+
+def test_eval_panel_of_a_big_image_is_drawn_at_a_bounded_size():
+    from ppcr.evaluation.render import GAP, MAX_TILE_SIDE, TEXT_ROW, PanelInputs, render_panel
+
+    height, width = 1200, 3000  # longer side 3000 → tiles of 1024×410
+    image = Image.new("RGB", (width, height), (90, 90, 90))
+    gt = np.zeros((height, width), bool)
+    gt[300:900, 600:1800] = True
+    panel = render_panel(PanelInputs(image, gt, gt.copy(), (600, 300, 1800, 900), (600, 300, 1800, 900), "x", 1.0))
+    tile_height = round(height * MAX_TILE_SIDE / width)
+    assert panel.size == (4 * MAX_TILE_SIDE + 3 * GAP, tile_height + 2 * TEXT_ROW)
+    # The ground-truth box tile (third) is outlined where the scaled box is.
+    left = 2 * (MAX_TILE_SIDE + GAP)
+    third = np.asarray(panel.crop((left, TEXT_ROW, left + MAX_TILE_SIDE, TEXT_ROW + tile_height)))
+    from ppcr.images import GT_COLOR
+
+    ys, xs = np.nonzero(np.all(third == GT_COLOR, axis=2))
+    assert abs(xs.min() - 600 * MAX_TILE_SIDE / width) <= 3 and abs(xs.max() - 1800 * MAX_TILE_SIDE / width) <= 3
+    assert abs(ys.min() - 300 * MAX_TILE_SIDE / width) <= 3 and abs(ys.max() - 900 * MAX_TILE_SIDE / width) <= 3
+
+
+def test_big_image_warning_is_one_clean_line_and_over_the_hard_limit_a_clear_error(
+    capsys, tmp_path, tiny_model_dir, monkeypatch
+):
+    photo = picture(tmp_path / "a.png")  # 61×43 = 2,623 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2_000)  # warn above 2,000, refuse above 4,000
+    code, out, err = ppcr(capsys, "predict", photo, "red circle", "--model", tiny_model_dir,
+                          "-o", tmp_path / "m.png")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "61×43" in lines[0], err
+    assert "DecompressionBomb" not in err and "warnings.warn" not in err
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    lines = assert_one_line_error(ppcr(capsys, "predict", photo, "x", "--model", tiny_model_dir), "too large")
+    assert "DecompressionBomb" not in "".join(lines)
