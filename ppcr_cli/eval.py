@@ -50,7 +50,7 @@ def default_data_root(recipe: Optional[dict]) -> Path:
 def _check_model_dir(model_dir: Path):
     """Fail fast (before torch is imported) on a missing or foreign checkpoint directory."""
     from ppcr.errors import CheckpointError
-    from ppcr.modeling.config import CONFIG_NAME, PPCRConfig
+    from ppcr.modeling.config import CONFIG_NAME, PPCRConfig, not_a_checkpoint_hint
 
     if not model_dir.exists():
         raise CheckpointError(
@@ -60,8 +60,7 @@ def _check_model_dir(model_dir: Path):
         raise CheckpointError(f"--model must be a checkpoint directory, got the file {model_dir}")
     if not (model_dir / CONFIG_NAME).is_file():
         raise CheckpointError(
-            f"{model_dir} is not a PPCR checkpoint (it has no {CONFIG_NAME})",
-            hint="point --model at a directory written by PPCRModel.save_pretrained / ppcr train",
+            f"{model_dir} is not a PPCR checkpoint (it has no {CONFIG_NAME})", hint=not_a_checkpoint_hint(model_dir)
         )
     return PPCRConfig.load(model_dir)
 
@@ -166,7 +165,7 @@ OutOpt = Annotated[
         "--out",
         help="Output folder; each split goes to OUT/DATASET_SPLIT/ (default: RUN/eval, or RUN/eval-gt "
         "with --box-source gt, when the model folder or its parent holds the run's recipe.yaml; "
-        "else <model>/eval).",
+        "else MODEL/eval, MODEL being the --model folder).",
     ),
 ]
 FormatOpt = Annotated[

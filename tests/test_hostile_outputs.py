@@ -316,3 +316,79 @@ def test_big_image_warning_is_one_clean_line_and_over_the_hard_limit_a_clear_err
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
     lines = assert_one_line_error(ppcr(capsys, "predict", photo, "x", "--model", tiny_model_dir), "too large")
     assert "DecompressionBomb" not in "".join(lines)
+
+
+# ------------------------------------------------------------------ 15: cosmetics
+
+
+def test_help_texts_keep_their_angle_bracket_placeholders(capsys):
+    code, out, _ = ppcr(capsys, "eval", "-h")
+    assert code == 0
+    text = " ".join(out.replace("│", " ").split())
+    assert "else /eval" not in text and "else MODEL/eval" in text
+    code, out, _ = ppcr(capsys, "prepare", "weights", "-h")
+    assert code == 0
+    assert "<im_start><image><im_end>" in out.replace("│", " ").replace(" ", "")
+
+
+def test_error_messages_keep_square_brackets(capsys, tmp_path, tiny_model_dir):
+    """``heads.safetensors [box_head] does not match`` printed as ``heads.safetensors  does not
+    match``: the CLI read ``[box_head]`` as rich markup."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    heads = load_file(str(copy / "heads.safetensors"))
+    name = next(k for k in heads if k.startswith("box_head.") and k.endswith("bias"))
+    heads[name] = heads[name][:-1].clone()
+    save_file(heads, str(copy / "heads.safetensors"), metadata={"format": "pt"})
+    photo = picture(tmp_path / "a.png")
+    lines = assert_one_line_error(ppcr(capsys, "predict", photo, "x", "--model", copy), "does not match")
+    assert "heads.safetensors [box_head] does not match" in lines[0]
+
+
+def test_a_run_folder_as_model_points_at_its_final_checkpoint(capsys, tmp_path, tiny_model_dir, eval_args):
+    run = tmp_path / "runs" / "X"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text("{}\n")
+    (run / "final").symlink_to(tiny_model_dir, target_is_directory=True)
+    photo = picture(tmp_path / "a.png")
+    for args in (["predict", photo, "x", "--model", run], eval_args(run, tmp_path / "out")):
+        lines = assert_one_line_error(ppcr(capsys, *args), "")
+        assert len(lines) == 2 and str(run / "final") in lines[1], lines
+
+
+def test_torchscript_pth_is_a_clear_error_without_torchs_warning(tmp_path):
+    import torch
+
+    from ppcr.errors import CheckpointError
+    from ppcr.modeling.sam import read_sam_state_dict
+    from ppcr.weights.shards import iter_tensors
+
+    path = tmp_path / "sam.pth"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    for read in (read_sam_state_dict, lambda p: list(iter_tensors(p))):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(CheckpointError, match="TorchScript") as error:
+                read(path)
+        assert not caught, [str(w.message) for w in caught]
+        assert "weights_only" not in str(error.value)
+
+
+def test_library_warnings_print_as_one_line_in_the_cli():
+    """Any warning raised while a command runs is one ``warning:`` line, not Python's two-line
+    ``file:line: Category: message`` + source form."""
+    code = (
+        "import warnings, typer, sys\n"
+        "from ppcr_cli.errors import run_guarded\n"
+        "app = typer.Typer()\n"
+        "@app.command()\n"
+        "def go():\n"
+        "    warnings.warn('something odd\\nsecond line', UserWarning)\n"
+        "sys.exit(run_guarded(typer.main.get_command(app), []))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PPCR_DEBUG"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "warning: something odd", result.stderr
