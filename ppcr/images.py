@@ -34,6 +34,7 @@ ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 PRED_COLOR = (255, 48, 48)
 GT_COLOR = (48, 220, 48)
+OVERLAY_BAND_PIXELS = 1 << 16  # pixels blended at a time by ``overlay``: bounds its float temporaries
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
@@ -61,17 +62,46 @@ def _open(path: Path) -> Image.Image:
     if path.is_dir():
         raise ImageError(f"{path} is a directory, not an image file")
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # said in one line below
+            opened_file = Image.open(path)
+        with opened_file as opened:
+            _warn_if_large(path, opened.size)
             opened.load()
             image = _upright(opened)
             if image is opened:
                 image = opened.copy()
     except UnidentifiedImageError:
         raise ImageError(f"cannot read image {path}: not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageError(
+            f"image {path} is too large to read safely: more than {limit:,} pixels "
+            "(twice PIL's decompression-bomb limit)",
+            hint="downscale it first (the model works on it at 1024 pixels at most)",
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImageError(f"cannot read image {path}: {reason}") from None
     return image
+
+
+class LargeImageWarning(UserWarning):
+    """An image is bigger than PIL's decompression-bomb limit (but below twice that, where PIL
+    refuses it): it is read, and the reader is told once, in one line."""
+
+
+def _warn_if_large(path: Path, size: tuple[int, int]) -> None:
+    width, height = size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        warnings.warn(
+            LargeImageWarning(
+                f"image {path} is {width}×{height} ({width * height:,} pixels), more than PIL's "
+                f"decompression-bomb limit of {limit:,}; reading it anyway"
+            ),
+            stacklevel=4,
+        )
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -178,23 +208,36 @@ def overlay(
     The predicted mask is tinted red (``alpha`` blend) and its box outlined in red; the ground
     truth is drawn as outlines only (green mask contour, green box) so both stay readable where
     they overlap. Masks must be H×W like the image; boxes are pixel ``(x1, y1, x2, y2)`` in the
-    image's frame (corners in any order).
+    image's frame (corners in any order); a box with a non-finite corner is not drawn.
+
+    Memory stays near one uint8 copy of the image however big it is: the blend is computed in
+    bands of about :data:`OVERLAY_BAND_PIXELS` pixels, never as a float copy of the whole image
+    (a 12000×9000 photo would otherwise need gigabytes).
     """
-    base = load_image(image).copy()
+    base = load_image(image)
     width, height = base.size
-    pixels = np.asarray(base, dtype=np.float32)
-    if mask is not None:
-        region = _check_mask(mask, height, width, "mask")
+    region = None if mask is None else _check_mask(mask, height, width, "mask")
+    outline = None if gt_mask is None else _check_mask(gt_mask, height, width, "gt_mask")
+    result = base.copy()
+    if region is not None or outline is not None:
+        rows = max(1, OVERLAY_BAND_PIXELS // max(1, width))
         tint = np.asarray(PRED_COLOR, dtype=np.float32)
-        pixels[region] = (1.0 - alpha) * pixels[region] + alpha * tint
-    if gt_mask is not None:
-        pixels[_contour(_check_mask(gt_mask, height, width, "gt_mask"))] = GT_COLOR
-    result = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            band = np.array(result.crop((0, top, width, bottom)))
+            if region is not None:
+                inside = region[top:bottom]
+                band[inside] = np.clip(np.rint((1.0 - alpha) * band[inside].astype(np.float32) + alpha * tint), 0, 255)
+            if outline is not None:
+                band[_contour_rows(outline, top, bottom)] = GT_COLOR
+            result.paste(Image.fromarray(band, "RGB"), (0, top))
     draw = ImageDraw.Draw(result)
     line = max(1, round(min(width, height) / 200))
     for box, color in ((gt_box, GT_COLOR), (box_xyxy, PRED_COLOR)):
         if box is not None:
             x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
+            if not all(np.isfinite((x1, y1, x2, y2))):
+                continue
             draw.rectangle(
                 (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)), outline=color, width=line
             )
@@ -205,13 +248,18 @@ def _check_mask(mask: np.ndarray, height: int, width: int, name: str) -> np.ndar
     mask = np.asarray(mask)
     if mask.shape != (height, width):
         raise ValueError(f"{name} has shape {mask.shape}, image is {(height, width)}")
-    return mask != 0
+    return mask if mask.dtype == np.bool_ else mask != 0  # a bool mask is used as it is, not copied
 
 
 def _contour(mask: np.ndarray) -> np.ndarray:
     """Pixels of ``mask`` with at least one 4-neighbour outside it (image border counts as outside)."""
-    padded = np.pad(mask, 1, constant_values=False)
-    interior = (
-        padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:] & mask
-    )
-    return mask & ~interior
+    return _contour_rows(mask, 0, mask.shape[0])
+
+
+def _contour_rows(mask: np.ndarray, top: int, bottom: int) -> np.ndarray:
+    """:func:`_contour` of ``mask`` for rows ``top:bottom`` only (reads one row above and below)."""
+    above, below = max(0, top - 1), min(mask.shape[0], bottom + 1)
+    window = np.pad(mask[above:below], ((top - above == 0, bottom + 1 - below), (1, 1)), constant_values=False)
+    rows = window[1:-1, 1:-1]
+    interior = window[:-2, 1:-1] & window[2:, 1:-1] & window[1:-1, :-2] & window[1:-1, 2:] & rows
+    return rows & ~interior

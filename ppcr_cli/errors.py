@@ -19,17 +19,23 @@ def debug_enabled() -> bool:
 
 
 def _print(message: str, hint: str | None = None) -> None:
+    from rich.markup import escape
+
     from ppcr_cli.console import err
 
-    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    # Messages are plain text: "heads.safetensors [box_head]" must not be read as rich markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     if hint:
-        err.print(f"[dim]hint:[/] {hint}", markup=True, soft_wrap=True)
+        err.print(f"[dim]hint:[/] {escape(hint)}", markup=True, soft_wrap=True)
 
 
 def run_guarded(command: click.Command, args: list[str], prog_name: str = "ppcr") -> int:
     """Run a click command, turning every failure into a short message and an exit code."""
+    from ppcr_cli.console import one_line_warnings
+
     try:
-        result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+        with one_line_warnings(enabled=not debug_enabled()):
+            result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
         return result if isinstance(result, int) else 0
     except PPCRError as exc:
         if debug_enabled():

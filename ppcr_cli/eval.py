@@ -50,7 +50,7 @@ def default_data_root(recipe: Optional[dict]) -> Path:
 def _check_model_dir(model_dir: Path):
     """Fail fast (before torch is imported) on a missing or foreign checkpoint directory."""
     from ppcr.errors import CheckpointError
-    from ppcr.modeling.config import CONFIG_NAME, PPCRConfig
+    from ppcr.modeling.config import CONFIG_NAME, PPCRConfig, not_a_checkpoint_hint
 
     if not model_dir.exists():
         raise CheckpointError(
@@ -60,8 +60,7 @@ def _check_model_dir(model_dir: Path):
         raise CheckpointError(f"--model must be a checkpoint directory, got the file {model_dir}")
     if not (model_dir / CONFIG_NAME).is_file():
         raise CheckpointError(
-            f"{model_dir} is not a PPCR checkpoint (it has no {CONFIG_NAME})",
-            hint="point --model at a directory written by PPCRModel.save_pretrained / ppcr train",
+            f"{model_dir} is not a PPCR checkpoint (it has no {CONFIG_NAME})", hint=not_a_checkpoint_hint(model_dir)
         )
     return PPCRConfig.load(model_dir)
 
@@ -166,7 +165,7 @@ OutOpt = Annotated[
         "--out",
         help="Output folder; each split goes to OUT/DATASET_SPLIT/ (default: RUN/eval, or RUN/eval-gt "
         "with --box-source gt, when the model folder or its parent holds the run's recipe.yaml; "
-        "else <model>/eval).",
+        "else MODEL/eval, MODEL being the --model folder).",
     ),
 ]
 FormatOpt = Annotated[
@@ -212,11 +211,11 @@ def eval_command(
 
       ppcr eval --model ckpt --dataset refcoco --split val --box-source gt --save-vis 8
     """
-    import json
-
     from ppcr.data.datasets import get_dataset
     from ppcr.evaluation.data import load_split
+    from ppcr.evaluation.outputs import check_eval_destination
     from ppcr.evaluation.runs import default_eval_dir
+    from ppcr.strict_json import strict_json_dumps
 
     _choice(output_format, FORMATS, "--format")
     _choice(box_source, BOX_SOURCES, "--box-source")
@@ -235,9 +234,10 @@ def eval_command(
     for name in splits:
         spec.check_split(name)
     root = data_root if data_root is not None else default_data_root(_saved_recipe(model, config.recipe))
-    for name in splits:  # every split's annotations and images are checked before the model loads
-        load_split(dataset, name, root, images)
+    # Every split's annotations and images, and where the results go, are checked before the model loads.
+    loaded = [load_split(dataset, name, root, images) for name in splits]
     destination = out_dir if out_dir is not None else default_eval_dir(model, box_source)
+    check_eval_destination(destination, dataset, splits, [model, root, *(data.images_dir for data in loaded)])
 
     embedded = embedded_run_dir(model)
     if embedded is not None and out_dir is None:
@@ -264,6 +264,6 @@ def eval_command(
         )
     if output_format == "json":
         payload = [{**result.to_json(), "out_dir": str(result.out_dir)} for result in results]
-        typer.echo(json.dumps(payload, indent=2))
+        typer.echo(strict_json_dumps(payload, indent=2))  # never NaN: not JSON
     else:
         print_results(results, destination)

@@ -31,7 +31,9 @@ object per image.
 
 --batch FILE.jsonl runs many images, one JSON object per line:
 {"image": "a.jpg", "expressions": ["the red circle"], "mask": "a.png", "overlay": "a-overlay.jpg"}
-(mask and overlay optional; relative paths are relative to the JSONL file's folder).
+(mask and overlay optional; relative paths are relative to the JSONL file's folder). No output
+may be any line's image or another output, under any name (links included): that is refused
+before anything runs.
 Each image is encoded once however many expressions it has.
 
 Without --model the embedded default model is used. Expressions longer than the model's
@@ -142,6 +144,7 @@ def _run(jobs: list["PredictJob"], images: list, *, model: Optional[str], device
                 warnings.simplefilter("ignore", ExpressionTruncatedWarning)
                 predictions = predictor.predict_batch(list(job.expressions))
             _warn_truncated(job, predictions, predictor.max_length)
+            _warn_non_finite(job, predictions)
             write_prediction_files(predictor.image, predictions, job.masks, job.overlays)
             _report(job, predictor.image_size, predictions, fmt)
             advance()
@@ -163,16 +166,40 @@ def _warn_truncated(job: "PredictJob", predictions: list["Prediction"], max_leng
             )
 
 
+def _non_finite_box(prediction: "Prediction") -> bool:
+    import math
+
+    return prediction.box is not None and not all(math.isfinite(v) for v in prediction.box)
+
+
+def _warn_non_finite(job: "PredictJob", predictions: list["Prediction"]) -> None:
+    from rich.markup import escape
+
+    from ppcr_cli.console import err
+
+    where = f"{job.where}: " if job.where else ""
+    for number, prediction in enumerate(predictions, start=1):
+        if _non_finite_box(prediction):
+            err.print(
+                f"[yellow]warning:[/] {escape(where)}expression {number}: the model's box is not finite "
+                f"({', '.join(str(v) for v in prediction.box)}), so no box is reported (JSON: null); "
+                "its weights may be broken",
+                soft_wrap=True,
+                emoji=False,
+            )
+
+
 def _report(job: "PredictJob", size: tuple[int, int], predictions: list["Prediction"], fmt: str) -> None:
     height, width = size
     rows = []
     for index, (expression, prediction) in enumerate(zip(job.expressions, predictions)):
+        box = None if prediction.box is None or _non_finite_box(prediction) else prediction.box  # NaN → null
         rows.append(
             {
                 "expression": expression,
                 "read_as": prediction.expression,
                 "truncated": prediction.truncated,
-                "box": None if prediction.box is None else [round(v, 2) for v in prediction.box],
+                "box": None if box is None else [round(v, 2) for v in box],
                 "area": prediction.area,
                 "score": round(prediction.score, 4),
                 "mask": None if job.masks is None else str(job.masks[index]),
@@ -180,12 +207,15 @@ def _report(job: "PredictJob", size: tuple[int, int], predictions: list["Predict
             }
         )
     if fmt == "json":
+        from ppcr.strict_json import strict_json_dumps, without_non_finite
+
         summary = {"image": str(job.image), "width": width, "height": height, "predictions": rows}
-        typer.echo(json.dumps(summary, ensure_ascii=False))
+        typer.echo(strict_json_dumps(without_non_finite(summary)[0], ensure_ascii=False))  # NaN → null
         return
     typer.echo(f"{job.image} ({width}×{height})")
-    for number, row in enumerate(rows, start=1):
+    for number, (row, prediction) in enumerate(zip(rows, predictions), start=1):
         box = "none" if row["box"] is None else "(" + ", ".join(f"{v:.1f}" for v in row["box"]) + ") px"
+        box = "not finite" if _non_finite_box(prediction) else box
         files = ", ".join(f for f in (row["mask"], row["overlay"]) if f)
         line = (
             f"  {number}. {json.dumps(row['expression'], ensure_ascii=False)}  score {row['score']:.3f}  "

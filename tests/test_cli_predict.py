@@ -302,9 +302,7 @@ def test_unwritable_outputs_fail_before_the_model_runs(capsys, tmp_path, photo, 
     for options, text in cases:
         assert_one_line_error(*ppcr(capsys, photo, "red circle", *options), text)
     # Tests run as root here, where every folder is writable: simulate a read-only one.
-    from ppcr.inference import outputs
-
-    monkeypatch.setattr(outputs.os, "access", lambda path, mode: not mode & os.W_OK)
+    monkeypatch.setattr(os, "access", lambda path, mode: not mode & os.W_OK)
     assert_one_line_error(*ppcr(capsys, photo, "red circle", "-o", tmp_path / "new" / "m.png"), "is not writable")
     monkeypatch.undo()
     assert files_under(tmp_path) == ["a-file"]

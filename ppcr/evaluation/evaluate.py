@@ -38,6 +38,7 @@ from ppcr.evaluation.outputs import (
     PER_SENTENCE_FILE,
     VIS_DIR,
     SentenceResult,
+    check_eval_destination,
     split_dir_name,
     write_metrics,
     write_per_sentence,
@@ -399,17 +400,21 @@ def evaluate_many(
 ) -> list[EvalResult]:
     """Score ``model`` on every sentence of each of ``splits`` of ``dataset`` under ``data_root``.
 
-    Every split is checked before any runs. ``images`` overrides the dataset's image folder;
-    ``box_source="gt"`` feeds SAM the ground-truth box (Table 3's oracle). With ``out_dir`` the
-    files of :mod:`ppcr.evaluation.outputs` are written to ``out_dir/<dataset>_<split>/``
-    (``save_vis``: Fig. 6 panels of the first N sentences). ``progress(label, done, total)`` is
-    called as sentences finish; ``on_prediction(sample, mask, row)`` sees every predicted mask.
+    Every split, and the output folder, is checked before any runs. ``images`` overrides the
+    dataset's image folder; ``box_source="gt"`` feeds SAM the ground-truth box (Table 3's
+    oracle). With ``out_dir`` the files of :mod:`ppcr.evaluation.outputs` are written to
+    ``out_dir/<dataset>_<split>/`` (``save_vis``: Fig. 6 panels of the first N sentences).
+    ``progress(label, done, total)`` is called as sentences finish; ``on_prediction(sample,
+    mask, row)`` sees every predicted mask.
     ``model_name`` (e.g. the checkpoint directory) is recorded in ``metrics.json``.
     """
     _check_options(box_source, batch_size, save_vis)
     if not splits:
         raise PPCRError("no split to evaluate", hint="name at least one split, e.g. val")
     loaded = [load_split(dataset, split, data_root, images) for split in dict.fromkeys(splits)]
+    if out_dir is not None:
+        inputs = [data_root, *(data.images_dir for data in loaded)]
+        check_eval_destination(out_dir, dataset, [data.split for data in loaded], inputs)
     from ppcr.modeling.processor import PPCRProcessor
 
     processor = PPCRProcessor.from_model(model)

@@ -18,10 +18,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from ppcr.errors import DataError
 from ppcr.io import atomic_save_json, atomic_write_text
+from ppcr.output_checks import check_folder_spares_inputs, check_writable_folder
 
 METRICS_FILE = "metrics.json"
 PER_SENTENCE_FILE = "per_sentence.csv"
@@ -47,6 +48,19 @@ CSV_COLUMNS = (
 def split_dir_name(dataset: str, split: str) -> str:
     """``refcoco+_testA``: the folder of one evaluated split."""
     return f"{dataset}_{split}"
+
+
+def check_eval_destination(
+    out_dir: str | Path, dataset: str, splits: Sequence[str], inputs: Iterable[str | Path]
+) -> None:
+    """Refuse, before any model work, an output folder the results could not be written to
+    (a file, a read-only place) or one whose split folders, each replaced as a whole when its
+    results are written, are or hold one of ``inputs`` (model, data root, images) under any name."""
+    out_dir = Path(out_dir)
+    check_writable_folder(out_dir)
+    inputs = [Path(path) for path in inputs]
+    for split in splits:
+        check_folder_spares_inputs(out_dir / split_dir_name(dataset, split), inputs)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Four tiles side by side, as the figure shows them from left to right: the ground
 (GT), the predicted mask (PPCR), the ground-truth box (Spatial SP GT) and the predicted box
 (Spatial SP). Ground truth is drawn in green, predictions in red (``ppcr.images`` colours). A
 title row names the tiles; a caption row gives the expression and the sentence's IoU. Small
-images (Shapes-Ref) are enlarged by an integer factor (nearest neighbour) so the text fits.
+images (Shapes-Ref) are enlarged by an integer factor (nearest neighbour) so the text fits;
+very big ones are scaled down to ``MAX_TILE_SIDE``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ppcr.io import atomic_path
 
 TILE_TITLES = ("GT", "PPCR", "Spatial SP GT", "Spatial SP")
 MIN_TILE_WIDTH = 240
+MAX_TILE_SIDE = 1024  # bigger images are shown scaled down (COCO's 640-pixel images are not)
 GAP = 4
 TEXT_ROW = 18
 BACKGROUND = (255, 255, 255)
@@ -66,9 +68,35 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, font) -> str:
     return text + "…"
 
 
+def _shrunk(inputs: PanelInputs, base: Image.Image) -> tuple[PanelInputs, Image.Image]:
+    """Image, masks and boxes scaled down so the longer side is at most MAX_TILE_SIDE: a panel
+    is for looking at, and full-size float tiles of a 12000×9000 photo would need gigabytes."""
+    scale = MAX_TILE_SIDE / max(base.size)
+    if scale >= 1.0:
+        return inputs, base
+    size = (max(1, round(base.width * scale)), max(1, round(base.height * scale)))
+
+    def mask(values: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(np.asarray(values) != 0).resize(size, Image.NEAREST))
+
+    def box(values):
+        return None if values is None else tuple(float(v) * scale for v in values)
+
+    small = PanelInputs(
+        image=base.resize(size, Image.BILINEAR),
+        gt_mask=mask(inputs.gt_mask),
+        pred_mask=mask(inputs.pred_mask),
+        gt_box=box(inputs.gt_box),
+        pred_box=box(inputs.pred_box),
+        sentence=inputs.sentence,
+        iou=inputs.iou,
+    )
+    return small, small.image
+
+
 def render_panel(inputs: PanelInputs) -> Image.Image:
-    """The four-tile Fig. 6 panel as one RGB image."""
-    base = load_image(inputs.image)
+    """The four-tile Fig. 6 panel as one RGB image (tiles at most MAX_TILE_SIDE pixels long)."""
+    inputs, base = _shrunk(inputs, load_image(inputs.image))
     tiles = [
         _mask_tile(base, inputs.gt_mask, GT_COLOR),
         _mask_tile(base, inputs.pred_mask, PRED_COLOR),

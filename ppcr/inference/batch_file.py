@@ -9,13 +9,13 @@ Each line of a batch file is one JSON object::
 (so a batch file and its images can be moved together); several expressions number the outputs
 as :func:`ppcr.inference.outputs.numbered_paths` describes. Blank lines are skipped. Every line
 is checked — JSON, keys, expressions, output names — before any model is loaded; a problem is
-reported with its line number.
+reported with its line number. No output may be any line's input image or another output,
+under any name (symlinks and hard links included).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +23,7 @@ from typing import Any, Optional
 from ppcr.data.templates import normalise_expression
 from ppcr.errors import DataError, PPCRError
 from ppcr.inference.outputs import check_distinct, check_mask_path, check_overlay_path, numbered_paths
+from ppcr.output_checks import ProtectedInputs
 
 KEYS = ("image", "expressions", "mask", "overlay")
 
@@ -71,15 +72,26 @@ def make_job(
             where=where,
         )
         check_distinct(job.outputs())
-        if any(_same_file(image, output) for output in job.outputs()):
-            raise PPCRError(f"an output would overwrite the input image {image}")
+        own_image = ProtectedInputs()
+        own_image.add(image)
+        own_image.check(job.outputs())
     except PPCRError as error:
         raise type(error)(prefix + error.message, hint=error.hint) from None
     return job
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+def check_batch_outputs(jobs: list[PredictJob]) -> None:
+    """Across the whole batch: no two outputs are one file, and no output is any line's input
+    image (a later line would otherwise segment the mask written over its image)."""
+    check_distinct([output for job in jobs for output in job.outputs()])
+    images = ProtectedInputs()
+    for job in jobs:
+        images.add(job.image, f"input image of {job.where}" if job.where else "input image")
+    for job in jobs:
+        try:
+            images.check(job.outputs())
+        except PPCRError as error:
+            raise type(error)(f"{job.where}: {error.message}", hint=error.hint) from None
 
 
 def _field(record: dict[str, Any], key: str, where: str) -> Optional[str]:
@@ -144,5 +156,5 @@ def read_batch_file(path: str | Path) -> list[PredictJob]:
         )
     if not jobs:
         raise DataError(f"batch file {path} holds no jobs")
-    check_distinct([output for job in jobs for output in job.outputs()])
+    check_batch_outputs(jobs)
     return jobs

@@ -6,21 +6,31 @@ order the expressions were given. Overlays are numbered the same way.
 
 Everything that can be checked without the model (a directory where a file should go, a parent
 that is a file or not writable, an unknown image format, two outputs with the same name) is
-checked before the model is loaded, so a typo costs a second, not a model load. The files of one
-image are then written together: each into a temporary file beside its destination, and only
-when all of them are complete are they renamed into place; on any failure the temporaries are
-removed and no destination is touched.
+checked before the model is loaded, so a typo costs a second, not a model load; so is every
+output against every input image, as files (:mod:`ppcr.output_checks`: a symlink or a hard link
+of an input is that input). The files of one image are then written together: each into a
+temporary file beside its destination, and only when all of them are complete are they renamed
+into place; on any failure the temporaries are removed and no destination is touched.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ppcr.errors import PPCRError
+from ppcr.output_checks import check_distinct, check_writable
+
+__all__ = [
+    "check_distinct",
+    "check_mask_path",
+    "check_overlay_path",
+    "check_writable",
+    "numbered_paths",
+    "write_prediction_files",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -35,25 +45,6 @@ def numbered_paths(path: Path, count: int) -> list[Path]:
     if count == 1:
         return [path]
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, count + 1)]
-
-
-def _nearest_existing(path: Path) -> Path:
-    current = path
-    while not current.exists() and current != current.parent:
-        current = current.parent
-    return current
-
-
-def check_writable(path: Path) -> None:
-    """Raise a one-line PPCRError if ``path`` cannot be written as a file (nothing is created)."""
-    if path.is_dir():
-        raise PPCRError(f"output {path} is a directory", hint="give a file name, e.g. out/mask.png")
-    parent = path.parent if str(path.parent) else Path(".")
-    existing = _nearest_existing(parent.absolute())
-    if not existing.is_dir():
-        raise PPCRError(f"cannot write {path}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PPCRError(f"cannot write {path}: {existing} is not writable", hint="pick another output folder")
 
 
 def check_mask_path(path: Path) -> None:
@@ -78,16 +69,6 @@ def check_overlay_path(path: Path) -> None:
             f"overlay output {path} has no image suffix PIL can write ({path.suffix or 'none'})",
             hint="use .png or .jpg",
         )
-
-
-def check_distinct(paths: Sequence[Path]) -> None:
-    """Two outputs with the same name would silently overwrite each other."""
-    seen: dict[Path, Path] = {}
-    for path in paths:
-        key = Path(os.path.normcase(os.path.abspath(path)))
-        if key in seen:
-            raise PPCRError(f"two outputs would be written to the same file {path}")
-        seen[key] = path
 
 
 def write_prediction_files(

@@ -140,12 +140,24 @@ class PPCRConfig:
     def load(cls, directory: str | Path) -> "PPCRConfig":
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
-            raise CheckpointError(
-                f"no {CONFIG_NAME} in {directory}",
-                hint="point at a directory written by PPCRModel.save_pretrained / ppcr train",
-            )
+            raise CheckpointError(f"no {CONFIG_NAME} in {directory}", hint=not_a_checkpoint_hint(directory))
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise CheckpointError(f"cannot read {path}: {error}") from None
         return cls.from_dict(data, source=str(path))
+
+
+def not_a_checkpoint_hint(directory: str | Path) -> str:
+    """What to pass instead of ``directory``, which has no ``config.json``: a training run's
+    ``final/`` (or, before training ended, its newest saved checkpoint) — the common mistake of
+    giving ``--model runs/X`` — else what a checkpoint directory is."""
+    from ppcr.training.layout import CHECKPOINTS_DIR, FINAL_DIR
+
+    directory = Path(directory)
+    if (directory / FINAL_DIR / CONFIG_NAME).is_file():
+        return f"{directory} is a training run; its model is --model {directory / FINAL_DIR}"
+    saved = sorted(path.parent for path in (directory / CHECKPOINTS_DIR).glob(f"*/{CONFIG_NAME}"))
+    if saved:
+        return f"{directory} is a training run with no final model yet; its newest checkpoint is {saved[-1]}"
+    return "point at a directory written by PPCRModel.save_pretrained / ppcr train"

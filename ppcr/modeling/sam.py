@@ -165,6 +165,8 @@ def build_sam(arch: SamArchitecture) -> "Sam":
 
 def read_sam_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a SAM state dict from ``.pth`` (``torch.load(weights_only=True)``) or ``.safetensors``."""
+    from ppcr.weights.torch_pickle import load_torch_weights
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(
@@ -177,7 +179,9 @@ def read_sam_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_torch_weights(path)
+    except CheckpointError:
+        raise
     except Exception as error:  # noqa: BLE001 - any reader failure means a corrupt/foreign file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"cannot read SAM checkpoint {path}: {reason}") from None

@@ -247,11 +247,13 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     """Load a pickled state dict safely (tensors and plain containers only), memory-mapped if possible."""
     import pickle
 
-    import torch
+    from ppcr.weights.torch_pickle import load_torch_weights
 
     mmap = zipfile.is_zipfile(path)  # legacy (pre-1.6) pickles cannot be memory-mapped
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        state = load_torch_weights(path, mmap=mmap)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as error:
         if "Weights only load failed" in str(error):
             raise CheckpointError(
