@@ -32,11 +32,13 @@ AXIS_KEYS = {
 
 
 def recipes_dir() -> Path:
-    """The folder of shipped recipes (``$PPCR_RECIPES_DIR`` overrides it)."""
+    """The folder of shipped recipes, inside the installed package (``$PPCR_RECIPES_DIR`` overrides it)."""
     env = os.environ.get("PPCR_RECIPES_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "recipes"
+    from ppcr.package_data import recipes_folder
+
+    return recipes_folder()
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str | None:
