@@ -18,15 +18,24 @@ def debug_enabled() -> bool:
     return os.environ.get("PPCR_DEBUG", "").strip() not in ("", "0", "false", "no")
 
 
-def _print(message: str, hint: str | None = None) -> None:
+# Messages quote user input (keys, values, paths): printed as text, never as rich markup, and cut.
+MAX_MESSAGE_CHARS = 500
+
+
+def _plain(text: str) -> str:
     from rich.markup import escape
 
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = f"{text[:MAX_MESSAGE_CHARS]}… ({len(text) - MAX_MESSAGE_CHARS:,} more characters)"
+    return escape(text)
+
+
+def _print(message: str, hint: str | None = None) -> None:
     from ppcr_cli.console import err
 
-    # Messages are plain text: "heads.safetensors [box_head]" must not be read as rich markup.
-    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {_plain(message)}", markup=True, soft_wrap=True, emoji=False)
     if hint:
-        err.print(f"[dim]hint:[/] {escape(hint)}", markup=True, soft_wrap=True)
+        err.print(f"[dim]hint:[/] {_plain(hint)}", markup=True, soft_wrap=True, emoji=False)
 
 
 def run_guarded(command: click.Command, args: list[str], prog_name: str = "ppcr") -> int:

@@ -12,7 +12,6 @@ from ppcr.errors import PPCRError
 
 DEFAULT_DATA_ROOT = "data/refer_seg"
 FORMATS = ("table", "json")
-DEVICES = ("auto", "cpu", "cuda")
 BOX_SOURCES = ("predicted", "gt")
 
 
@@ -65,17 +64,24 @@ def _check_model_dir(model_dir: Path):
     return PPCRConfig.load(model_dir)
 
 
-def _load_model(model_dir: Path, device: str):
-    """Load the checkpoint on ``--device`` (auto: CUDA when available), bf16 on a GPU that has it,
-    else fp32."""
+def _device_and_dtype(device: str, dtype: str):
+    """``--device`` and ``--dtype`` as torch objects, or a one-line error (before anything is read)."""
+    from ppcr.utils.device import resolve_device, resolve_dtype
+
+    torch_device = resolve_device(device)
+    return torch_device, resolve_dtype(dtype, torch_device)
+
+
+def _load_model(model_dir: Path, device: str, dtype: str = "auto"):
+    """Load the checkpoint on ``--device`` (auto: CUDA when available) in ``--dtype`` (auto: bf16
+    on a GPU that has it, else fp32)."""
     from transformers.utils import logging as hf_logging
 
     from ppcr.modeling.model import PPCRModel
-    from ppcr.utils.device import preferred_dtype, resolve_device
 
-    torch_device = resolve_device(device)
+    torch_device, torch_dtype = _device_and_dtype(device, dtype)
     hf_logging.disable_progress_bar()
-    return PPCRModel.from_pretrained(model_dir, dtype=preferred_dtype(torch_device), device=torch_device)
+    return PPCRModel.from_pretrained(model_dir, dtype=torch_dtype, device=torch_device)
 
 
 def print_unsqueezed(renderable) -> None:
@@ -132,10 +138,10 @@ def print_results(results, out_dir: Path) -> None:
 
 
 ModelOpt = Annotated[
-    Optional[Path],
+    Optional[str],
     typer.Option(
         "--model",
-        help="PPCR checkpoint directory (save_pretrained / ppcr train output) "
+        help="PPCR checkpoint directory (save_pretrained / ppcr train output) or Hugging Face hub id "
         "[default: the embedded Shapes-Ref model, evaluated into runs/ppcr-shapes-tiny/].",
     ),
 ]
@@ -179,7 +185,11 @@ NaiveOpt = Annotated[
     bool, typer.Option("--naive", help="Re-encode the image for every sentence (slow; for comparison).")
 ]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto, cpu or cuda (auto: cuda when available, in bf16).")
+    str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto: cuda when available).")
+]
+DtypeOpt = Annotated[
+    str,
+    typer.Option("--dtype", help="auto, fp32, bf16 or fp16 (auto: bf16 on a GPU that has it, else fp32; fp16 needs a GPU)."),
 ]
 
 
@@ -196,6 +206,7 @@ def eval_command(
     batch_size: BatchSizeOpt = 16,
     naive: NaiveOpt = False,
     device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Score a checkpoint on every sentence of the given splits: oIoU, mIoU, P@0.5…0.9.
 
@@ -210,6 +221,8 @@ def eval_command(
       ppcr eval --model ckpt --dataset refcocog --split val --split test --data-root data/refer_seg --format json
 
       ppcr eval --model ckpt --dataset refcoco --split val --box-source gt --save-vis 8
+
+      ppcr eval --model OWNER/NAME --dataset refcoco --split val --device cuda --dtype bf16   (a hub id)
     """
     from ppcr.data.datasets import get_dataset
     from ppcr.evaluation.data import load_split
@@ -219,7 +232,6 @@ def eval_command(
 
     _choice(output_format, FORMATS, "--format")
     _choice(box_source, BOX_SOURCES, "--box-source")
-    _choice(device, DEVICES, "--device")
     if batch_size < 1:
         raise PPCRError(f"--batch-size must be at least 1, got {batch_size}")
     if save_vis < 0:
@@ -227,6 +239,8 @@ def eval_command(
     from ppcr.evaluation.runs import embedded_run_dir, record_embedded_run
     from ppcr.inference.model_source import resolve_model_dir
 
+    _device_and_dtype(device, dtype)  # a device or dtype this machine lacks fails before any file is read
+    given = model
     model = resolve_model_dir(model)
     config = _check_model_dir(model)
     spec = get_dataset(dataset)
@@ -245,7 +259,7 @@ def eval_command(
 
     from ppcr.evaluation.evaluate import evaluate_many
 
-    loaded = _load_model(model, device)
+    loaded = _load_model(model, device, dtype)
     progress = SplitProgress()
     with progress.bar:
         results = evaluate_many(
@@ -260,7 +274,7 @@ def eval_command(
             batch_size=batch_size,
             naive=naive,
             progress=progress,
-            model_name=str(model),
+            model_name=str(model) if given is None or Path(given).expanduser().exists() else given,
         )
     if output_format == "json":
         payload = [{**result.to_json(), "out_dir": str(result.out_dir)} for result in results]

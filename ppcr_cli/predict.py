@@ -83,7 +83,12 @@ def predict_command(
         typer.Option("--model", help="Checkpoint directory or Hugging Face hub id (default: the embedded model)."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16 (fp16 needs a GPU).")] = "fp32",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype", help="auto, fp32, bf16 or fp16 (auto: bf16 on a GPU that has it, else fp32; fp16 needs a GPU)."
+        ),
+    ] = "auto",
 ) -> None:
     from ppcr.errors import PPCRError
 

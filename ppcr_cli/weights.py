@@ -25,7 +25,9 @@ _SHOWN_UNMAPPED = 5
 _HELP = """Build a PPCR base checkpoint (a directory for --model / init.checkpoint) from public weights.
 
 --from llava: LLaVA-1.5 from llava-hf (LLM, CLIP, projector, tokenizer) and SAM's .pth; both LoRA
-adapters and the PPCR heads start fresh, and the checkpoint refers to the two sources.
+adapters and the PPCR heads start fresh, and the checkpoint refers to the two sources (a hub id
+as it is, a local path relative to OUT, so OUT can be moved together with them), or with
+--copy-base holds them.
 
 --from glamm: the paper's initialisation. GLaMM-GranD-Pretrained is the frozen base (CLIP from
 --clip, which GLaMM's release leaves out), GLaMM-RefSeg gives the mask decoder, the semantic
@@ -91,6 +93,14 @@ def weights_command(
     device: Annotated[Optional[str], typer.Option("--device", help="Where the SVDs run, e.g. cuda.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the parts that start fresh.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
+    copy_base: Annotated[
+        bool,
+        typer.Option(
+            "--copy-base",
+            help="--from llava: store LLaVA and SAM inside OUT (self-contained, ~14 GB for 7b) instead of "
+            "referring to them by hub id or by a path relative to OUT.",
+        ),
+    ] = False,
     fmt: Annotated[
         str, typer.Option("--format", help="Summary on stdout: text or json.", callback=_choice(FORMATS))
     ] = "text",
@@ -109,7 +119,7 @@ def weights_command(
         result = prepare_weights(
             source, out, llava=llava, sam=sam, base=base, semantic=semantic, clip=clip, tokenizer=tokenizer,
             rank=rank, alpha=alpha, size=size, dtype=torch_dtype, device=device, seed=seed, overwrite=overwrite,
-            progress=status.update,
+            copy_base=copy_base, progress=status.update,
         )
     if fmt == "json":
         from ppcr_cli.console import out as stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import typer
@@ -165,3 +166,86 @@ def test_cuda_without_cuda_is_a_one_line_error(checkpoint, capsys):
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert code == 1 and lines[0].startswith("error:") and "CUDA is not available" in lines[0], captured.err
     assert "Traceback" not in captured.err + captured.out
+
+
+# ----------------------------------------------------------------------------- --model and --dtype as predict has them
+
+
+def _cache_hub_model(checkpoint, tmp_path, monkeypatch, repo_id: str = "someone/ppcr-tiny"):
+    """``checkpoint`` as a snapshot of ``repo_id`` in a local Hugging Face cache, read offline."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(checkpoint, repo / "snapshots" / commit, ignore=shutil.ignore_patterns("eval*"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return repo / "snapshots" / commit
+
+
+def test_a_hub_id_is_scored_into_a_run_folder_not_into_the_cache(checkpoint, tmp_path, monkeypatch, capsys):
+    snapshot = _cache_hub_model(checkpoint, tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    code = _in_process("eval", "--model", "someone/ppcr-tiny", "--dataset", "shapes", "--split", "val",
+                       "--device", "cpu", "--dtype", "fp32", "--format", "json")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    (entry,) = json.loads(captured.out)
+    run_dir = tmp_path / "runs" / "someone--ppcr-tiny"
+    assert entry["model"] == "someone/ppcr-tiny" and entry["count"] > 0
+    assert entry["out_dir"] == str(Path("runs") / "someone--ppcr-tiny" / "eval" / "shapes_val")
+    assert (run_dir / "eval" / "shapes_val" / "metrics.json").is_file() and (run_dir / "recipe.yaml").is_file()
+    assert not (snapshot / "eval").exists()
+
+
+def test_an_unknown_hub_id_is_one_line(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = _in_process("eval", "--model", "someone/absent", "--dataset", "shapes", "--split", "val")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1 and "not in the Hugging Face cache" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "message"),
+    [("double", "unknown dtype 'double'"), ("fp16", "fp16 is not supported on the CPU")],
+)
+def test_a_dtype_the_device_cannot_run_fails_before_anything_is_read(dtype, message, tmp_path, capsys):
+    """Checked before the model and the data: the data root here does not even exist."""
+    code = _in_process("eval", "--model", str(tmp_path / "nowhere"), "--dataset", "shapes", "--split", "val",
+                       "--data-root", str(tmp_path / "no-data"), "--device", "cpu", "--dtype", dtype)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1 and lines[0].startswith("error:") and message in lines[0], lines
+
+
+def test_dtype_bf16_loads_the_checkpoint_in_bf16(checkpoint):
+    from ppcr_cli.eval import _load_model
+
+    model = _load_model(checkpoint, "cpu", "bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_eval_and_predict_take_the_same_model_and_dtype_arguments():
+    """One vocabulary: --model is text (a directory or a hub id, not a Path typer checks as a
+    folder), --dtype auto/fp32/bf16/fp16 (and the long names) resolved by the same function."""
+    import inspect
+    import typing
+
+    from ppcr.utils.device import resolve_dtype
+    from ppcr_cli.eval import eval_command
+    from ppcr_cli.predict import predict_command
+
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) is torch.float32
+    assert resolve_dtype("bfloat16", cpu) is resolve_dtype("bf16", cpu) is torch.bfloat16
+    for command in (eval_command, predict_command):
+        assert inspect.signature(command).parameters["dtype"].default == "auto"
+        hints = typing.get_type_hints(command, include_extras=True)
+        model_type, *_ = typing.get_args(hints["model"])  # Annotated[Optional[str], Option(...)]
+        assert model_type == typing.Optional[str], command.__name__

@@ -64,6 +64,15 @@ def test_llava_conversion_with_json_output(sources, tmp_path):
     assert (out / "config.json").is_file() and (out / "heads.safetensors").is_file()
 
 
+def test_copy_base_flag_stores_the_base_in_the_checkpoint(sources, tmp_path):
+    out = tmp_path / "llava-copied"
+    result = run(*llava_args(sources, out), "--copy-base", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["base"] == {"kind": "stored", "llava": "./base/llava", "sam": "./base/sam.safetensors"}
+    assert (out / "base" / "llava" / "config.json").is_file() and (out / "base" / "sam.safetensors").is_file()
+
+
 def test_a_missing_shard_is_one_line_and_writes_nothing(sources, tmp_path):
     refseg = tmp_path / "refseg"
     shutil.copytree(sources["refseg"], refseg)

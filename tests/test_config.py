@@ -170,3 +170,69 @@ def test_apply_overrides_does_not_mutate_its_input():
 def test_bad_ablation_choices(text, expected):
     with pytest.raises(RecipeError, match=expected):
         parse_choice(text)
+
+
+# ----------------------------------------------------------------------------- values no run can use
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["data.sentences_per_image=0"], "data.sentences_per_image: must be at least 1, got 0"),
+        (["loss.l1=-1"], "loss.l1: must be a finite weight of 0 or more, got -1.0"),
+        (["loss.ce=nan"], "loss.ce: must be a finite weight"),
+        (["loss.bce=0", "loss.dice=0", "loss.l1=0", "loss.ce=0"], "loss: every weight is 0"),
+        (["data.datasets=[]"], "data.datasets: name at least one dataset"),
+        (["data.datasets=[shapes, shapez]"], "data.datasets[1]: unknown dataset 'shapez'"),
+        (["data.train_split=test"], "data.train_split: 'test' is not a split of shapes"),
+        (["data.num_workers=-1"], "data.num_workers: must be at least 0, got -1"),
+        (["train.batch_size=40"], "train.batch_size: 40 is not divisible by train.micro_batch_size = 32"),
+        (["train.warmup_steps=0"], "train.warmup_steps: must be at least 1"),
+        (["train.zero_stage=3"], "train.zero_stage: 3 is not supported"),
+        (["model.tiny.clip_hidden=66"], "model.tiny.clip_hidden: 66 is not divisible by model.tiny.clip_heads = 4"),
+        (["model.tiny.llm_layers=0"], "model.tiny.llm_layers: must be at least 1, got 0"),
+        (["model.tiny.sam_prompt_dim=36"], "model.tiny.sam_prompt_dim: half of it (36 / 2"),
+        (["spatial-head=attn", "model.attn_head.heads=3"], "model.tiny.attn_head_dim: 64 is not divisible by"),
+        (["model.max_length=0"], "model.max_length: must be at least 1, got 0"),
+        (["init.source=checkpoint"], "init.source=checkpoint needs init.checkpoint"),
+        (["eval.batch_size=0"], "eval.batch_size: must be at least 1, got 0"),
+        (["eval.splits=[shapes/val, shapes/tset]"], "eval.splits[1]: unknown split 'tset' for shapes"),
+        (["eval.splits=[val]"], "eval.splits[0]: expected DATASET/SPLIT"),
+    ],
+)
+def test_values_no_run_can_use_fail_in_load_recipe(overrides, expected):
+    """Checked where the recipe is loaded (``recipes show`` as much as ``train``), not at run time."""
+    with pytest.raises(RecipeError) as info:
+        load_recipe("shapes", overrides)
+    assert info.value.message.startswith(expected), info.value.message
+    assert "\n" not in info.value.message
+
+
+def test_a_recipe_file_with_a_value_no_run_can_use_is_refused_on_load(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  lora:\n    dropout: 1.0\n")
+    with pytest.raises(RecipeError, match=r"model.lora.dropout: must be in \[0, 1\), got 1.0"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match="model.lora.r"):
+        recipe_from_dict({"model": {"lora": {"r": 0}}})
+
+
+def test_recipes_show_refuses_what_train_refuses_with_one_line():
+    from tests.test_cli import _assert_one_line_error, run
+
+    _assert_one_line_error(
+        run("recipes", "show", "shapes", "data.sentences_per_image=0", "loss.l1=-1"), 1, "must be"
+    )
+    _assert_one_line_error(
+        run("recipes", "show", "shapes", "data.sentences_per_image=0"), 1, "data.sentences_per_image: must be at least 1"
+    )
+
+
+def test_the_world_size_is_the_one_thing_left_for_the_launch():
+    """A batch that splits into micro-batches may still not split over the processes."""
+    from ppcr.training.plan import gradient_accumulation_steps
+
+    train = load_recipe("shapes", ["train.batch_size=96"]).train  # micro-batch 32: 3 per step
+    assert gradient_accumulation_steps(train, 1) == 3
+    with pytest.raises(RecipeError, match="micro_batch_size × world size = 32 × 2 = 64"):
+        gradient_accumulation_steps(train, 2)

@@ -4,6 +4,7 @@ one-line errors for broken files, atomic writes."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -250,15 +251,87 @@ def test_llava_directory_and_sam_pth_load_through_the_real_code_path(llava_dir_a
         assert torch.equal(value, sam_state[key]), key
     assert model.image_seq_length == 16 and model.hidden_size == 64
 
-    # A public base is referenced, not copied; the reload rebuilds it from the reference.
+    # A public base is referenced, not copied (by a path relative to the checkpoint); the reload
+    # rebuilds it from the reference.
     perturb(model)
     model.save_pretrained(tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert config["base"] == {"kind": "reference", "llava": str(llava_dir.resolve()), "sam": str(sam_path.resolve())}
+    relative = os.path.relpath(llava_dir.resolve(), (tmp_path / "ckpt").resolve())
+    assert relative.startswith("../")
+    assert config["base"] == {
+        "kind": "reference", "llava": relative, "sam": os.path.relpath(sam_path.resolve(), (tmp_path / "ckpt").resolve())
+    }
     assert not (tmp_path / "ckpt" / "base").exists()
     adapter_config = json.loads((tmp_path / "ckpt" / "semantic" / "adapter_config.json").read_text())
-    assert adapter_config["base_model_name_or_path"] == str(llava_dir.resolve())
+    assert adapter_config["base_model_name_or_path"] == relative
     assert_same_outputs(outputs(model)[1], outputs(PPCRModel.from_pretrained(tmp_path / "ckpt"))[1])
+
+
+@pytest.fixture
+def project_with_a_local_base(llava_dir_and_sam, tmp_path):
+    """``project/bases/{llava,sam.pth}`` and ``project/checkpoints/run`` referring to them; the
+    saved model and its outputs."""
+    import shutil
+
+    llava_dir, sam_path, _, _ = llava_dir_and_sam
+    project = tmp_path / "project"
+    shutil.copytree(llava_dir, project / "bases" / "llava")
+    shutil.copy(sam_path, project / "bases" / "sam.pth")
+    init = InitSpec(source="llava", llava=str(project / "bases" / "llava"), sam_checkpoint=str(project / "bases" / "sam.pth"))
+    model = build_model(tiny_recipe(init=init))
+    perturb(model)
+    model.save_pretrained(project / "checkpoints" / "run")
+    return project, outputs(model)[1]
+
+
+def test_a_checkpoint_moved_together_with_its_local_base_still_loads(project_with_a_local_base, tmp_path):
+    project, expected = project_with_a_local_base
+    config = json.loads((project / "checkpoints" / "run" / "config.json").read_text())
+    assert config["base"] == {"kind": "reference", "llava": "../../bases/llava", "sam": "../../bases/sam.pth"}
+    for adapter in ("semantic", "spatial"):
+        assert str(tmp_path) not in (project / "checkpoints" / "run" / adapter / "adapter_config.json").read_text()
+
+    moved = project.rename(tmp_path / "elsewhere")  # the whole project, renamed
+    loaded = PPCRModel.from_pretrained(moved / "checkpoints" / "run")
+    assert_same_outputs(expected, outputs(loaded)[1])
+    assert loaded.base.llava == str((moved / "bases" / "llava").resolve())
+
+    # Saved again somewhere else, it points at the same base from its new place.
+    loaded.save_pretrained(moved / "deeper" / "still" / "copy")
+    again = json.loads((moved / "deeper" / "still" / "copy" / "config.json").read_text())
+    assert again["base"]["llava"] == "../../../bases/llava"
+    assert_same_outputs(expected, outputs(PPCRModel.from_pretrained(moved / "deeper" / "still" / "copy"))[1])
+
+
+def test_old_checkpoints_with_absolute_base_paths_still_load(project_with_a_local_base):
+    project, expected = project_with_a_local_base
+    config_path = project / "checkpoints" / "run" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["base"] = {"kind": "reference", "llava": str(project / "bases" / "llava"), "sam": str(project / "bases" / "sam.pth")}
+    config_path.write_text(json.dumps(config))
+    assert_same_outputs(expected, outputs(PPCRModel.from_pretrained(project / "checkpoints" / "run"))[1])
+
+
+def test_a_checkpoint_moved_without_its_base_says_where_the_base_was_expected(project_with_a_local_base, tmp_path):
+    project, _ = project_with_a_local_base
+    alone = (project / "checkpoints" / "run").rename(tmp_path / "run")
+    with pytest.raises(CheckpointError) as info:
+        PPCRModel.from_pretrained(alone)
+    message = info.value.message
+    assert "refers to its base LLaVA at ../../bases/llava" in message and "which does not exist" in message
+    assert "--copy-base" in info.value.hint
+
+
+def test_store_base_makes_a_checkpoint_that_needs_nothing_else(project_with_a_local_base, tmp_path):
+    import shutil
+
+    project, expected = project_with_a_local_base
+    model = PPCRModel.from_pretrained(project / "checkpoints" / "run")
+    model.save_pretrained(tmp_path / "self-contained", store_base=True)
+    shutil.rmtree(project)
+    config = json.loads((tmp_path / "self-contained" / "config.json").read_text())
+    assert config["base"] == {"kind": "stored", "llava": "./base/llava", "sam": "./base/sam.safetensors"}
+    assert_same_outputs(expected, outputs(PPCRModel.from_pretrained(tmp_path / "self-contained"))[1])
 
 
 def test_broken_llava_sources_raise_checkpoint_errors(llava_dir_and_sam, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 from pathlib import Path
 
@@ -436,8 +437,12 @@ def test_a_wrapped_prompt_format_needs_the_wrapper_tokens(sources):
 def test_llava_conversion_references_the_public_base(llava_out, sources):
     result, _ = llava_out
     config = json.loads((result.out / "config.json").read_text())
-    assert config["base"] == {"kind": "reference", "llava": str(sources["llava"].resolve()),
-                              "sam": str(sources["sam"].resolve())}
+    # Local sources are written relative to the checkpoint, so the two can move together.
+    here = result.out.resolve()
+    assert config["base"] == {"kind": "reference", "llava": os.path.relpath(sources["llava"].resolve(), here),
+                              "sam": os.path.relpath(sources["sam"].resolve(), here)}
+    assert config["base"]["llava"].startswith("../")
+    assert config["extra"]["prepared_from"]["sources"]["llava"] == config["base"]["llava"]
     assert config["prompt"] == {"image_start_end": False} and config["model"]["clip_pad_to_square"] is True
     assert not (result.out / "base").exists()
     counts = result.report.mapping.counts()
@@ -472,6 +477,27 @@ def test_llava_converted_model_runs_the_pipeline(llava_out):
     first = ids.index(model.token_ids.image)
     assert ids[first + model.image_seq_length] != model.token_ids.image
     runs_the_pipeline(model)
+
+
+def test_copy_base_makes_a_checkpoint_that_moves_alone(sources, tmp_path, llava_out):
+    _, referring = llava_out
+    result = prepare_weights("llava", tmp_path / "copied", llava=sources["llava"], sam=sources["sam"], size=TINY,
+                             copy_base=True)
+    assert result.config.base.kind == "stored" and (result.out / "base" / "llava" / "config.json").is_file()
+    moved = result.out.rename(tmp_path / "moved")
+    copied = PPCRModel.from_pretrained(moved)
+
+    def predict(model: PPCRModel):
+        model.eval()
+        batch = PPCRProcessor.from_model(model)(samples())
+        with torch.no_grad():
+            return model.segment(model.encode_images(batch.images), batch.text)
+
+    # Same weights wherever they are used (the base rows of the added tokens are unused: their
+    # rows come from token_rows), so the same outputs as the checkpoint that refers to its base.
+    ours, theirs = predict(copied), predict(referring)
+    assert torch.equal(ours.h_sem, theirs.h_sem) and torch.equal(ours.boxes, theirs.boxes)
+    assert all(torch.equal(a, b) for a, b in zip(ours.mask_logits, theirs.mask_logits, strict=True))
 
 
 def test_conversion_is_deterministic_for_a_seed(sources, tmp_path, llava_out):

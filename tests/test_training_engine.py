@@ -87,7 +87,7 @@ def never_called(recipe):
 @pytest.mark.parametrize(
     "overrides, nproc, expected",
     [
-        (dict(batch_size=8, micro_batch_size=3), 1, "micro_batch_size × world size = 3 × 1 = 3"),
+        (dict(batch_size=8, micro_batch_size=3), 1, "train.batch_size: 8 is not divisible by train.micro_batch_size = 3"),
         (dict(batch_size=6, micro_batch_size=2), 2, "micro_batch_size × world size = 2 × 2 = 4"),
         (dict(warmup_steps=0), 1, "train.warmup_steps"),
         (dict(zero_stage=3), 1, "train.zero_stage"),

@@ -10,9 +10,8 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from ppcr.config.loading import recipes_dir
+from ppcr.config.yaml_text import load_yaml
 from ppcr.errors import RecipeError
 
 
@@ -82,4 +81,4 @@ def parse_choice(text: str) -> AblationChoice:
 
 
 def overlay_data(choice: AblationChoice) -> dict:
-    return yaml.safe_load(choice.overlay.read_text(encoding="utf-8")) or {}
+    return load_yaml(choice.overlay.read_text(encoding="utf-8"), str(choice.overlay)) or {}

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Literal, Union
 import yaml
 
 from ppcr.config.schema import Recipe
+from ppcr.config.yaml_text import MESSAGE_VALUE_CHARS, load_yaml, short_repr
 from ppcr.errors import RecipeError
 
 RECIPE_SUFFIX = ".yaml"
@@ -32,11 +33,13 @@ AXIS_KEYS = {
 
 
 def recipes_dir() -> Path:
-    """The folder of shipped recipes (``$PPCR_RECIPES_DIR`` overrides it)."""
+    """The folder of shipped recipes, inside the installed package (``$PPCR_RECIPES_DIR`` overrides it)."""
     env = os.environ.get("PPCR_RECIPES_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "recipes"
+    from ppcr.package_data import recipes_folder
+
+    return recipes_folder()
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str | None:
@@ -73,13 +76,12 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError(f"recipe file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{path} is not valid YAML{where}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read the recipe {path}: {exc}") from None
+    data = load_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -134,15 +136,15 @@ def _convert(value: Any, tp, key: str, from_text: bool) -> Any:
         return _convert(value, inner, key, from_text)
 
     def wrong() -> RecipeError:
-        return RecipeError(f"{key} must be {_type_name(tp)}, got {value!r}")
+        return RecipeError(f"{key} must be {_type_name(tp)}, got {short_repr(value)}")
 
     if typing.get_origin(tp) is Literal:
         choices = typing.get_args(tp)
         if value in choices:
             return value
         raise RecipeError(
-            f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}",
-            hint=_suggest(str(value), map(str, choices)),
+            f"{key} must be one of {', '.join(map(str, choices))}; got {short_repr(value)}",
+            hint=_suggest(value, map(str, choices)) if isinstance(value, str) else None,
         )
     if dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
@@ -152,7 +154,7 @@ def _convert(value: Any, tp, key: str, from_text: bool) -> Any:
     if typing.get_origin(tp) is list:
         (item_tp,) = typing.get_args(tp)
         if from_text and isinstance(value, str):
-            parsed = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            parsed = load_yaml(value, f"the value of {key}") if value.strip().startswith("[") else value.split(",")
             value = parsed
         if not isinstance(value, (list, tuple)):
             raise wrong()
@@ -198,9 +200,10 @@ def _build(cls, data: dict, prefix: str = ""):
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6) if isinstance(key, str) else []
+            shown = key if isinstance(key, str) and len(key) <= MESSAGE_VALUE_CHARS else short_repr(key)
             raise RecipeError(
-                f"unknown key {prefix}{key!s}; valid keys here: {', '.join(prefix + n for n in names)}",
+                f"unknown key {prefix}{shown}; valid keys here: {', '.join(prefix + n for n in names)}",
                 hint=f"did you mean {prefix}{close[0]}?" if close else None,
             )
         kwargs[key] = _convert(value, hints[key], prefix + key, from_text=False)
@@ -208,8 +211,11 @@ def _build(cls, data: dict, prefix: str = ""):
 
 
 def recipe_from_dict(data: dict) -> Recipe:
-    """Validate a plain mapping into a :class:`Recipe` (unknown keys and wrong types are errors)."""
-    return _build(Recipe, data)
+    """Validate a plain mapping into a :class:`Recipe`: unknown keys, wrong types and values no run
+    can use (:func:`~ppcr.config.recipe_checks.check_recipe`) are errors."""
+    from ppcr.config.recipe_checks import check_recipe
+
+    return check_recipe(_build(Recipe, data))
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

@@ -1,4 +1,4 @@
-"""Checks on ``model.tiny`` that the types alone cannot express, run before any work starts.
+"""Checks on ``model.tiny`` that the types alone cannot express (part of ``check_recipe``).
 
 Why: a tiny size that does not divide (a width not split evenly into heads, an image not cut
 evenly into patches) otherwise surfaces as a transformers validation error or a silent floor
@@ -32,6 +32,9 @@ def check_tiny_spec(model: ModelSpec) -> None:
         _divides(tiny, "image_size", "clip_patch_size")
         _divides(tiny, "clip_hidden", "clip_heads")
         _divides(tiny, "llm_hidden", "llm_heads")
+        for key in ("clip_layers", "llm_layers"):
+            if getattr(tiny, key) < 1:
+                raise _fail(key, f"must be at least 1, got {getattr(tiny, key)}")
         if not (math.isfinite(tiny.init_std) and tiny.init_std > 0):
             raise _fail("init_std", f"must be a positive number, got {tiny.init_std}")
         if tiny.clip_position_init == "sincos" and tiny.clip_hidden % 4:
@@ -39,3 +42,15 @@ def check_tiny_spec(model: ModelSpec) -> None:
     if model.sam == "tiny":
         _divides(tiny, "sam_image_size", "sam_patch_size")
         _divides(tiny, "sam_embed_dim", "sam_heads")
+        # The mask decoder upscales to sam_prompt_dim // 8 channels, and its cross-attention works
+        # at half the width, split into sam_decoder_heads.
+        if tiny.sam_prompt_dim < 8:
+            raise _fail("sam_prompt_dim", f"must be at least 8, got {tiny.sam_prompt_dim}")
+        _divides(tiny, "sam_prompt_dim", "sam_decoder_heads")
+        half = tiny.sam_prompt_dim // 2
+        if tiny.sam_prompt_dim % 2 or half % tiny.sam_decoder_heads:
+            raise _fail(
+                "sam_prompt_dim",
+                f"half of it ({tiny.sam_prompt_dim} / 2, SAM's cross-attention width) is not divisible by "
+                f"model.tiny.sam_decoder_heads = {tiny.sam_decoder_heads}",
+            )

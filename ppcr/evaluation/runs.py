@@ -33,16 +33,22 @@ def run_dir_of(model_dir: str | Path) -> Optional[Path]:
 
 
 def embedded_run_dir(model_dir: str | Path) -> Optional[Path]:
-    """``runs/<name>`` (relative to the working directory) for the model shipped in the package,
-    whose own folder is not a place to write; ``None`` for any other model."""
+    """``runs/<name>`` (relative to the working directory) for a model whose own folder is not a
+    place to write: the model shipped in the package (``runs/ppcr-shapes-tiny``) or a hub model's
+    snapshot in the Hugging Face cache (``.../models--owner--name/snapshots/<commit>`` gives
+    ``runs/owner--name``); ``None`` for any other model."""
     from ppcr.inference.model_source import DEFAULT_MODEL
 
     try:
-        if Path(model_dir).resolve() != DEFAULT_MODEL.resolve():
-            return None
+        resolved = Path(model_dir).resolve()
+        if resolved == DEFAULT_MODEL.resolve():
+            return EMBEDDED_RUNS / DEFAULT_MODEL.name
     except OSError:
         return None
-    return EMBEDDED_RUNS / DEFAULT_MODEL.name
+    repo = resolved.parent.parent.name
+    if resolved.parent.name == "snapshots" and repo.startswith("models--") and len(repo) > len("models--"):
+        return EMBEDDED_RUNS / repo[len("models--"):]
+    return None
 
 
 def default_eval_dir(model_dir: str | Path, box_source: str = "predicted") -> Path:

@@ -17,8 +17,9 @@ import os
 from pathlib import Path
 
 from ppcr.errors import CheckpointError
+from ppcr.package_data import default_model_folder
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "ppcr-shapes-tiny"
+DEFAULT_MODEL = default_model_folder()
 NO_DEFAULT_MESSAGE = "no default model is installed; pass --model DIR"
 
 

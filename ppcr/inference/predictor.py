@@ -95,7 +95,8 @@ class PPCRPredictor:
         """Load a checkpoint (``None``: the embedded default model) onto ``device`` in ``dtype``.
 
         ``device``: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; ``dtype``: ``fp32`` | ``bf16`` |
-        ``fp16``. Device and dtype are checked before any weights are read.
+        ``fp16`` | ``auto`` (bf16 on a GPU that has it, else fp32). Device and dtype are checked
+        before any weights are read.
         """
         from ppcr.inference.model_source import resolve_model_dir
         from ppcr.modeling.model import PPCRModel

@@ -62,12 +62,10 @@ def build_model(
         )
     if source not in ("random", "llava", "checkpoint"):
         raise PPCRError(f"unknown init.source {source!r}; valid: random, llava, checkpoint, glamm")
-    if source == "checkpoint" and not recipe.init.checkpoint:
-        raise CheckpointError("init.source=checkpoint needs init.checkpoint (a PPCR checkpoint directory)")
-    if source == "random":
-        from ppcr.config.tiny_checks import check_tiny_spec
+    from ppcr.config.recipe_checks import check_init_spec, check_model_spec
 
-        check_tiny_spec(recipe.model)
+    check_model_spec(recipe.model)  # again: a recipe built in code has not been through load_recipe
+    check_init_spec(recipe.init)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         if source == "checkpoint":

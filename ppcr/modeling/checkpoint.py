@@ -10,7 +10,8 @@ Layout::
     base/llava/              only for a randomly initialised base: LLaVA save_pretrained (no LoRA)
     base/sam.safetensors     ... and SAM in segment-anything's key layout
 
-A public base (llava-hf hub id or directory, official SAM ``.pth``) is referenced, not copied.
+A public base (llava-hf hub id or directory, official SAM ``.pth``) is referenced, not copied: a
+hub id as it is, a local path relative to the checkpoint folder.
 Everything is built in a temporary sibling directory and renamed into place, so a crash never
 leaves a half-written checkpoint. Loading rebuilds the same modules and fills them strictly:
 a missing, extra or mis-shaped tensor is a one-line :class:`~ppcr.errors.CheckpointError`.
@@ -27,7 +28,7 @@ import torch
 from ppcr.config.schema import LossSpec, ModelSpec
 from ppcr.errors import CheckpointError
 from ppcr.io import atomic_directory
-from ppcr.modeling.config import CONFIG_NAME, BaseWeights, PPCRConfig, PromptFormat
+from ppcr.modeling.config import CONFIG_NAME, BaseWeights, PPCRConfig, PromptFormat, is_checkpoint_relative
 
 if TYPE_CHECKING:  # pragma: no cover
     from ppcr.modeling.model import PPCRModel
@@ -76,10 +77,13 @@ def save_checkpoint(
     *,
     state_dict: Optional[dict[str, torch.Tensor]] = None,
     recipe: Optional[dict] = None,
+    store_base: bool = False,
 ) -> Path:
     """Write ``model`` (or ``state_dict``, keyed like ``model.state_dict()``) to ``directory``.
 
-    An existing directory is replaced atomically.
+    An existing directory is replaced atomically. A referenced public base is written relative to
+    ``directory`` (see :class:`~ppcr.modeling.config.BaseWeights`); ``store_base`` copies it in
+    instead, so the checkpoint holds everything it needs.
     """
     from safetensors.torch import save_file
 
@@ -100,13 +104,13 @@ def save_checkpoint(
     base = model.base
     with atomic_directory(directory) as tmp:
         # A referenced public base is only valid while the base is untouched by training.
-        if base is None or base.kind != "reference" or model.spec.unfreeze:
+        if store_base or base is None or base.kind != "reference" or model.spec.unfreeze:
             with quiet_progress():
                 model.llava.save_pretrained(tmp / BASE_LLAVA_DIR, state_dict=base_llava_state(state))
             save_file(_under(state, SAM_PREFIX), str(tmp / BASE_SAM_FILE), metadata={"format": "pt"})
             saved_base = BaseWeights(kind="stored", llava=f"./{BASE_LLAVA_DIR}", sam=f"./{BASE_SAM_FILE}")
         else:
-            saved_base = base
+            saved_base = base.relative_to(directory)
         model.adapters.save(tmp, base_name_or_path=saved_base.llava, state_dict=_under(state, LLM_PREFIX))
         save_file(heads_state(model, state), str(tmp / HEADS_FILE), metadata={"format": "pt"})
         model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
@@ -186,6 +190,22 @@ def _saved_module_names(spec: ModelSpec) -> set[str]:
     return names
 
 
+def _base_source(base: BaseWeights, value: str, directory: Path, what: str) -> str:
+    """Where the base ``what`` is read from; a local path that is gone is a clear error."""
+    import os
+
+    source = base.resolve(value, directory)
+    if (is_checkpoint_relative(value) or os.path.isabs(value)) and not os.path.exists(source):
+        if base.kind == "stored":
+            raise CheckpointError(f"missing {source}", hint="the checkpoint is incomplete; re-save it")
+        shown = f"{value} (= {source})" if is_checkpoint_relative(value) else value
+        raise CheckpointError(
+            f"the checkpoint {directory} refers to its base {what} at {shown}, which does not exist",
+            hint="move the checkpoint together with its base, or prepare it with --copy-base to hold the base",
+        )
+    return source
+
+
 def load_checkpoint(
     directory: str | Path,
     *,
@@ -226,15 +246,15 @@ def load_checkpoint(
         raise CheckpointError(f"the tokenizer in {tokenizer_dir} does not give the token ids in {CONFIG_NAME}")
 
     base = config.base
-    llava_source = base.resolve(base.llava, directory)
-    sam_source = base.resolve(base.sam, directory)
-    if llava_source is None or sam_source is None:
+    if base.llava is None or base.sam is None:
         raise CheckpointError(f"{directory / CONFIG_NAME} does not say where the base LLaVA and SAM are")
+    llava_source = _base_source(base, base.llava, directory, "LLaVA")
+    sam_source = _base_source(base, base.sam, directory, "SAM")
     llava = load_llava(llava_source, dtype=dtype, device=device, attn_implementation=wanted.attn_implementation)
     sam = build_sam(sam_architecture(wanted.sam, wanted.tiny))
     load_sam_weights(sam, sam_source, size=wanted.sam)
 
-    model_base = base if base.kind == "reference" else BaseWeights(kind="stored", llava=None, sam=None)
+    model_base = base.resolved(directory) if base.kind == "reference" else BaseWeights(kind="stored", llava=None, sam=None)
     model = PPCRModel(wanted, llava, sam, token_ids, tokenizer=tokenizer, base=model_base)
     saved_adapters = {"semantic"} | ({"spatial"} if config.model.spatial_prompt != "none" else set())
     loadable = tuple(n for n in model.adapters.names if n in saved_adapters)

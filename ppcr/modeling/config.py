@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -58,14 +59,42 @@ class PromptFormat:
             raise TypeError(f"prompt.image_start_end must be true or false, not {self.image_start_end!r}")
 
 
+RELATIVE_PREFIXES = ("./", "../")
+
+
+def is_checkpoint_relative(value: Optional[str]) -> bool:
+    """Whether ``value`` (from config.json) is a path relative to the checkpoint folder."""
+    return value is not None and value.startswith(RELATIVE_PREFIXES)
+
+
+def portable_path(value: Optional[str], root: str | Path) -> Optional[str]:
+    """``value`` as config.json of a checkpoint in ``root`` writes it.
+
+    An absolute local path becomes relative to ``root`` (``../weights/sam.pth``; always starting
+    with ``./`` or ``../``, so it cannot be read as a hub id), so the checkpoint can be moved or
+    shared together with its base; hub ids and paths already relative are kept as they are.
+    """
+    if value is None or is_checkpoint_relative(value) or not os.path.isabs(value):
+        return value
+    try:
+        relative = Path(os.path.relpath(os.path.realpath(value), os.path.realpath(root))).as_posix()
+    except ValueError:  # another drive (Windows): no relative path exists
+        return value
+    return relative if relative.startswith("../") else f"./{relative}"
+
+
 @dataclass
 class BaseWeights:
     """Where the frozen base (LLaVA + SAM) comes from.
 
     ``kind="reference"``: ``llava`` is a hub id or a ``save_pretrained`` directory and ``sam`` a
     SAM state dict in segment-anything's key layout (``.pth`` / ``.safetensors``); the checkpoint
-    only points at them. ``kind="stored"``: the base was randomly initialised (tiny model) and
-    lives inside the checkpoint; its paths start with ``./`` (relative to the checkpoint).
+    only points at them. ``kind="stored"``: the base lives inside the checkpoint (a randomly
+    initialised tiny base, a GLaMM conversion, or ``prepare weights --copy-base``).
+
+    In memory, local paths are absolute; config.json writes them relative to the checkpoint
+    folder (:meth:`relative_to`), so a checkpoint moved together with its base still finds it.
+    Absolute paths in config.json (checkpoints written before) are read as they are.
     """
 
     kind: str
@@ -73,10 +102,17 @@ class BaseWeights:
     sam: Optional[str]
 
     def resolve(self, value: Optional[str], root: Path) -> Optional[str]:
-        """A stored path made absolute against the checkpoint directory ``root``."""
-        if value is not None and value.startswith("./"):
-            return str(Path(root) / value[2:])
+        """A path of config.json made usable from anywhere (relative ones against the checkpoint ``root``)."""
+        if is_checkpoint_relative(value):
+            return os.path.realpath(Path(root) / value)
         return value
+
+    def resolved(self, root: Path) -> "BaseWeights":
+        return BaseWeights(self.kind, self.resolve(self.llava, root), self.resolve(self.sam, root))
+
+    def relative_to(self, root: str | Path) -> "BaseWeights":
+        """As config.json of a checkpoint in ``root`` stores it (see :func:`portable_path`)."""
+        return BaseWeights(self.kind, portable_path(self.llava, root), portable_path(self.sam, root))
 
 
 @dataclass

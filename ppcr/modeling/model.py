@@ -626,16 +626,21 @@ class PPCRModel(nn.Module):
         directory: str | Path,
         state_dict: Optional[dict[str, torch.Tensor]] = None,
         recipe: Optional[dict] = None,
+        store_base: bool = False,
     ) -> Path:
         """Write a checkpoint directory atomically (see :mod:`ppcr.modeling.checkpoint`).
 
         ``state_dict`` (keys of ``self.state_dict()``) replaces the module's own tensors, e.g.
         the fp32 master weights a DeepSpeed run consolidates; ``recipe`` (a plain dict) is stored
-        for provenance, by default the one the model was built from.
+        for provenance, by default the one the model was built from. ``store_base`` copies a
+        referenced base into the checkpoint instead of pointing at it.
         """
         from ppcr.modeling.checkpoint import save_checkpoint
 
-        return save_checkpoint(self, directory, state_dict=state_dict, recipe=recipe if recipe is not None else self.recipe)
+        return save_checkpoint(
+            self, directory, state_dict=state_dict, recipe=recipe if recipe is not None else self.recipe,
+            store_base=store_base,
+        )
 
     @classmethod
     def from_pretrained(

@@ -7,13 +7,10 @@ process is spawned, a model is built or a file is written.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 from ppcr.config.schema import TrainSpec
 from ppcr.errors import DataError, RecipeError
-
-SUPPORTED_ZERO_STAGES = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -46,24 +43,19 @@ class TrainingPlan:
         return asdict(self)
 
 
-def _fail(key: str, message: str, hint: str | None = None) -> RecipeError:
-    return RecipeError(f"train.{key}: {message}", hint=hint)
-
-
 def gradient_accumulation_steps(train: TrainSpec, world_size: int) -> int:
-    """``batch_size / (micro_batch_size × world_size)``, or a RecipeError naming the numbers."""
+    """``batch_size / (micro_batch_size × world_size)``, or a RecipeError naming the numbers.
+
+    The recipe's own values were checked when it was loaded (``ppcr.config.recipe_checks``);
+    what is left is whether a batch splits over this many processes.
+    """
     if world_size < 1:
         raise RecipeError(f"world size must be at least 1, got {world_size}", hint="use --nproc 1 or more")
-    if train.micro_batch_size < 1:
-        raise _fail("micro_batch_size", f"must be at least 1, got {train.micro_batch_size}")
-    if train.batch_size < 1:
-        raise _fail("batch_size", f"must be at least 1, got {train.batch_size}")
     per_step = train.micro_batch_size * world_size
     if train.batch_size % per_step:
         lower = max(per_step, train.batch_size // per_step * per_step)
-        raise _fail(
-            "batch_size",
-            f"{train.batch_size} is not divisible by micro_batch_size × world size = "
+        raise RecipeError(
+            f"train.batch_size: {train.batch_size} is not divisible by micro_batch_size × world size = "
             f"{train.micro_batch_size} × {world_size} = {per_step}",
             hint=f"use train.batch_size={lower} or {lower + per_step}, or change "
             "train.micro_batch_size / --nproc",
@@ -71,50 +63,9 @@ def gradient_accumulation_steps(train: TrainSpec, world_size: int) -> int:
     return train.batch_size // per_step
 
 
-def check_train_spec(train: TrainSpec, world_size: int) -> int:
-    """Validate every optimisation setting that does not need the data; return the accumulation."""
-    grad_accum = gradient_accumulation_steps(train, world_size)
-    if train.max_steps is None and train.epochs < 1:
-        raise _fail("epochs", f"must be at least 1, got {train.epochs}", hint="or set train.max_steps")
-    if train.max_steps is not None and train.max_steps < 1:
-        raise _fail("max_steps", f"must be at least 1 (or null), got {train.max_steps}")
-    if not (math.isfinite(train.lr) and train.lr > 0):
-        raise _fail("lr", f"must be a positive number, got {train.lr}")
-    if not (0.0 <= train.gt_box_rate <= 1.0):
-        raise _fail("gt_box_rate", f"must be in [0, 1], got {train.gt_box_rate}")
-    if train.mllm_lr is not None and not (math.isfinite(train.mllm_lr) and train.mllm_lr > 0):
-        raise _fail("mllm_lr", f"must be a positive number (or null), got {train.mllm_lr}")
-    if not (math.isfinite(train.weight_decay) and train.weight_decay >= 0):
-        raise _fail("weight_decay", f"must be ≥ 0, got {train.weight_decay}")
-    if len(train.betas) != 2 or not all(0.0 <= b < 1.0 for b in train.betas):
-        raise _fail("betas", f"must be two numbers in [0, 1), got {list(train.betas)}")
-    if train.warmup_steps < 1:
-        raise _fail(
-            "warmup_steps",
-            f"must be at least 1, got {train.warmup_steps}",
-            hint="DeepSpeed's WarmupDecayLR needs a positive warmup (it treats anything below 2 as 2)",
-        )
-    if not (math.isfinite(train.grad_clip) and train.grad_clip >= 0):
-        raise _fail("grad_clip", f"must be ≥ 0 (0 disables clipping), got {train.grad_clip}")
-    if train.zero_stage not in SUPPORTED_ZERO_STAGES:
-        raise _fail(
-            "zero_stage",
-            f"{train.zero_stage} is not supported; choose one of "
-            f"{', '.join(map(str, SUPPORTED_ZERO_STAGES))}",
-            hint="stage 3 partitions the parameters themselves, which the checkpoint export does not gather",
-        )
-    if train.precision not in ("bf16", "fp16", "fp32"):
-        raise _fail("precision", f"{train.precision!r} is not one of bf16, fp16, fp32")
-    if train.save_every < 1:
-        raise _fail("save_every", f"must be at least 1, got {train.save_every}")
-    if train.log_every < 1:
-        raise _fail("log_every", f"must be at least 1, got {train.log_every}")
-    return grad_accum
-
-
 def make_plan(train: TrainSpec, world_size: int, num_samples: int) -> TrainingPlan:
     """The full plan once the dataset length is known."""
-    grad_accum = check_train_spec(train, world_size)
+    grad_accum = gradient_accumulation_steps(train, world_size)
     steps_per_epoch = num_samples // train.batch_size
     if steps_per_epoch < 1:
         raise DataError(

@@ -48,8 +48,6 @@ class ReferTrainDataset(torch.utils.data.Dataset):
 
     def __init__(self, recipe: Recipe):
         data = recipe.data
-        if not data.datasets:
-            raise DataError("data.datasets is empty; name at least one dataset to train on")
         self.seed = recipe.seed
         self.epoch = 0
         self.parts = [
@@ -161,9 +159,6 @@ COLLATE = "ppcr.training.ppcr_task:collate_items"
 
 def train_ppcr(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, nproc: int = 1, **kwargs):
     """Train PPCR as ``recipe`` says into ``out_dir`` (what ``ppcr train`` runs)."""
-    from ppcr.config.tiny_checks import check_tiny_spec
     from ppcr.training.run import train
-
-    check_tiny_spec(recipe.model)
 
     return train(recipe, out_dir, MODEL_FACTORY, DATASET_FACTORY, COLLATE, resume=resume, nproc=nproc, **kwargs)

@@ -27,11 +27,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from ppcr.config.recipe_checks import check_data_spec, check_loss_spec
+from ppcr.config.recipe_checks import check_recipe
 from ppcr.config.schema import Recipe
 from ppcr.training.errors import TrainingError, error_from_dict
 from ppcr.training.layout import CHECKPOINTS_DIR, FINAL_DIR, RECIPE_FILE, RUN_ENTRIES, STATE_DIR, STEP_TAG
-from ppcr.training.plan import check_train_spec
+from ppcr.training.plan import gradient_accumulation_steps
 from ppcr.training.request import RunRequest
 from ppcr.training.result import TrainResult
 from ppcr.training.run_lock import run_directory_lock
@@ -76,9 +76,8 @@ def train(
             f"--nproc {nproc} conflicts with the launcher's WORLD_SIZE={world_size}",
             hint="under deepspeed/torchrun, leave --nproc at 1",
         )
-    check_train_spec(recipe.train, world_size)
-    check_data_spec(recipe.data)
-    check_loss_spec(recipe.loss)
+    check_recipe(recipe)  # again: a recipe built in code has not been through load_recipe
+    gradient_accumulation_steps(recipe.train, world_size)
 
     # One run per folder: this process holds the lock while its ranks train (under an external
     # launcher, rank 0 does). It is taken before the folder is inspected, so two runs started
@@ -284,16 +283,15 @@ def _delete_list(out: Path, exported: list[str]) -> str:
 
 def recipe_differences(saved_path: Path, recipe: Recipe) -> list[str]:
     """``key: saved -> now`` for every setting that changed and may not change on resume."""
-    import yaml
-
     from ppcr.config.loading import recipe_from_dict, recipe_to_dict
+    from ppcr.config.yaml_text import load_yaml
     from ppcr.errors import RecipeError
 
     if not saved_path.is_file():
         return [f"{saved_path.name} is missing"]
     try:
-        saved = recipe_to_dict(recipe_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}))
-    except (RecipeError, yaml.YAMLError) as exc:
+        saved = recipe_to_dict(recipe_from_dict(load_yaml(saved_path.read_text(encoding="utf-8"), saved_path.name) or {}))
+    except RecipeError as exc:
         return [f"{saved_path.name} is invalid ({exc})"]
     current = recipe_to_dict(recipe)
     out: list[str] = []

@@ -15,8 +15,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-DTYPE_CHOICES = ("fp32", "bf16", "fp16")
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 _DTYPE_ALIASES = {
+    "auto": "auto",
     "fp32": "fp32", "float32": "fp32", "float": "fp32",
     "bf16": "bf16", "bfloat16": "bf16",
     "fp16": "fp16", "float16": "fp16", "half": "fp16",
@@ -53,12 +54,15 @@ def resolve_device(name: "str | torch.device" = "auto") -> "torch.device":
 
 
 def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":
-    """``fp32`` / ``bf16`` / ``fp16`` as a torch dtype that ``device`` can actually run."""
+    """``fp32`` / ``bf16`` / ``fp16`` as a torch dtype that ``device`` can actually run; ``auto``:
+    :func:`preferred_dtype` (bf16 on a GPU that has it, else fp32)."""
     import torch
 
     key = _DTYPE_ALIASES.get(str(name).strip().lower())
     if key is None:
         raise PPCRError(f"unknown dtype {name!r}", hint=f"valid: {', '.join(DTYPE_CHOICES)}")
+    if key == "auto":
+        return preferred_dtype(device)
     if key == "fp16" and device.type == "cpu":
         raise PPCRError(
             "fp16 is not supported on the CPU (many CPU kernels lack half precision)",

@@ -122,6 +122,7 @@ def prepare_weights(
     device: str | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    copy_base: bool = False,
     progress: Optional[Progress] = None,
 ) -> PrepareWeightsResult:
     """Convert public weights into a PPCR checkpoint directory ``out`` (see the module docstring).
@@ -139,6 +140,8 @@ def prepare_weights(
         device: where the SVDs run (e.g. ``"cuda"``); the model itself stays on the CPU.
         seed: initialisation of the parts that start fresh.
         overwrite: replace an existing non-empty ``out``.
+        copy_base: for ``llava``, store the base LLaVA and SAM inside ``out`` instead of referring
+            to them (by hub id, or by a path relative to ``out``), so ``out`` holds everything.
         progress: called with a short line at each stage.
 
     Raises :class:`~ppcr.errors.PPCRError` (one line, with a hint) for bad arguments, missing or
@@ -224,7 +227,9 @@ def prepare_weights(
             weights = BaseWeights(kind="reference", llava=_absolute(llava), sam=_absolute(sam_file))
             llava_module.name_or_path = weights.llava  # what peft records as the adapters' base
             notes.append(
-                f"the base is referenced, not copied: config.json points at {weights.llava} and {weights.sam}"
+                "the base is copied into the checkpoint (copy_base)" if copy_base else
+                f"the base is referenced, not copied: config.json points at {weights.llava} and {weights.sam} "
+                "(local paths are written relative to the checkpoint folder)"
             )
             notes.append(f"both adapters, semantic_proj, sem_to_input and the box head start fresh (seed {seed})")
         else:
@@ -258,12 +263,14 @@ def prepare_weights(
         report.notes = list(notes)
 
         say(f"writing {out}")
-        save_checkpoint(model, staging)  # replaces the staging folder (and the SVD scratch in it)
+        # Replaces the staging folder (and the SVD scratch in it). Staging is a sibling of ``out``,
+        # so paths relative to it are relative to ``out`` too.
+        save_checkpoint(model, staging, store_base=copy_base)
         report_path = report.save(staging / REPORT_NAME)
         saved = PPCRConfig.load(staging)
         saved.extra["prepared_from"] = {
             "source": source,
-            "sources": _resolved_sources(report.sources, tokenizer_source),
+            "sources": _resolved_sources(report.sources, tokenizer_source, out),
             "rank": rank,
             "alpha": alpha,
             "seed": seed,
@@ -446,10 +453,13 @@ def _token_notes(report: ConversionReport) -> list[str]:
     return notes
 
 
-def _resolved_sources(sources: Mapping[str, str], tokenizer_source: str | Path) -> dict[str, str]:
+def _resolved_sources(sources: Mapping[str, str], tokenizer_source: str | Path, out: Path) -> dict[str, str]:
+    """Where each part came from: hub ids as they are, local paths relative to the checkpoint ``out``."""
+    from ppcr.modeling.config import portable_path
+
     resolved = {label: _absolute(value) for label, value in sources.items() if label != "semantic_adapter"}
     resolved["tokenizer"] = _absolute(tokenizer_source)
-    return resolved
+    return {label: portable_path(value, out) for label, value in resolved.items()}
 
 
 def _absolute(source: str | Path) -> str:
