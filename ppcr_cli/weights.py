@@ -31,7 +31,8 @@ adapters and the PPCR heads start fresh, and the checkpoint refers to the two so
 --clip, which GLaMM's release leaves out), GLaMM-RefSeg gives the mask decoder, the semantic
 prompt head and the [SEG] rows, and the semantic adapter is the rank-r SVD of RefSeg - GranD on
 every q/v matrix (error per matrix in the report); the spatial adapter starts fresh. The converted
-base is stored in the checkpoint, and its prompts wrap the image as <im_start><image><im_end>.
+base is stored in the checkpoint, and its prompts are GLaMM's (llava_v1 system prompt, then "The
+<im_start><image><im_end> provides an overview of the picture." before the question).
 
 Sources are hub ids already in the local Hugging Face cache (nothing is downloaded; use
 `hf download ID` first) or local directories/files; sharded .bin and safetensors are both read,

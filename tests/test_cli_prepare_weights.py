@@ -44,7 +44,7 @@ def test_glamm_conversion_prints_the_summary_and_the_output_runs(sources, tmp_pa
     assert "region_encoder" in stdout and "GLaMM's bbox-input region encoder" in stdout
     assert "semantic adapter: rank-8 SVD" in stdout and "median error" in stdout and "worst error" in stdout
     assert f"wrote {out}" in stdout and "conversion_report.json" in stdout
-    assert "<im_start><image><im_end>" in result.stderr  # the prompt-format decision is announced
+    assert "llava_v1 system prompt" in result.stderr and "<im_start><image><im_end>" in result.stderr
     assert "Traceback" not in result.stderr
     report = json.loads((out / "conversion_report.json").read_text())
     assert report["mapping"]["counts"]["missing"] == 0
@@ -57,7 +57,8 @@ def test_llava_conversion_with_json_output(sources, tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)  # stdout holds nothing but the JSON document
     assert data["source"] == "llava" and data["out"] == str(out)
-    assert data["base"]["kind"] == "reference" and data["prompt"] == {"image_start_end": False}
+    assert data["base"]["kind"] == "reference"
+    assert data["prompt"] == {"image_start_end": False, "system": "", "image_text": "<image>\n"}
     assert data["counts"]["unmapped"] == 0 and data["missing"] == []
     assert {(row["source"], row["component"]) for row in data["table"]} >= {("llava", "llava"), ("sam", "sam")}
     assert data["adapters"] == {}

@@ -31,6 +31,29 @@ TINY = TinySpec()
 RANK, ALPHA = 8, 16
 GLAMM_TOKENS = ["<im_start>", "<im_end>", "<bbox>", "<point>", "[SEG]", "<p>", "</p>"]
 
+# GLaMM's conversation, written out by hand from groundingLMM's source (not produced by PPCR):
+# model/llava/conversation.py conv_llava_v1 (this system prompt, roles USER / ASSISTANT,
+# SeparatorStyle.TWO with sep " " and sep2 "</s>"), the begin_str "The <image> provides an overview
+# of the picture.\n" of dataset/segm_datasets/RefCOCO_Segm_ds.py before the first question, and
+# dataset/dataset.py replacing <image> by <im_start><image><im_end>. get_prompt() of one turn is
+# system + " " + "USER: " + begin_str + question + " " + "ASSISTANT: " + answer + "</s>".
+GLAMM_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+GLAMM_USER = GLAMM_SYSTEM + " USER: The <im_start><image><im_end> provides an overview of the picture.\n"
+GLAMM_SEMANTIC_TURN = GLAMM_USER + "Can you segment the red circle in this image? ASSISTANT: It is [SEG].</s>"
+GLAMM_SPATIAL_TURN = (
+    GLAMM_USER + "Where is the target marked by <sem>? Please respond with a bounding box. ASSISTANT: It is [BOX].</s>"
+)
+LLAVA_HF_SEMANTIC_TURN = "USER: <image>\nCan you segment the red circle in this image? ASSISTANT: It is [SEG].</s>"
+GLAMM_PROMPT_JSON = {
+    "image_start_end": True,
+    "system": GLAMM_SYSTEM,
+    "image_text": "The <image> provides an overview of the picture.\n",
+}
+LLAVA_HF_PROMPT_JSON = {"image_start_end": False, "system": "", "image_text": "<image>\n"}
+
 
 # --- tiny sources in the real layouts -------------------------------------------------------------
 
@@ -281,7 +304,7 @@ def test_glamm_conversion_writes_a_complete_checkpoint(glamm_out):
     assert not (out / ".semantic-svd").exists()
     assert sorted(p.name for p in out.parent.iterdir()) == ["glamm-init"]  # no temporaries left
     config = json.loads((out / "config.json").read_text())
-    assert config["prompt"] == {"image_start_end": True}
+    assert config["prompt"] == GLAMM_PROMPT_JSON
     assert config["base"]["kind"] == "stored"
     assert config["model"]["clip_pad_to_square"] is False
     assert config["model"]["lora"]["r"] == RANK and config["model"]["lora"]["alpha"] == ALPHA
@@ -366,21 +389,28 @@ def test_glamm_report_records_drops_and_decisions(glamm_out, sources):
     assert any(r.startswith("not taken from grand") for r in table[("grand", "sam")]["reasons"])
     assert report["mapping"]["counts"]["unmapped"] == 0 and report["mapping"]["missing"] == []
     notes = " ".join(result.notes)
-    assert "<im_start><image><im_end>" in notes and "region encoder (4 tensors) is dropped" in notes
+    assert "llava_v1 system prompt" in notes and "<im_start><image><im_end>" in notes
+    assert "region encoder (4 tensors) is dropped" in notes
     assert f"the SAM checkpoint {sources['sam']} was not read" in notes
     assert report["notes"] == result.notes
-    assert result.to_dict()["prompt"] == {"image_start_end": True}
+    assert result.to_dict()["prompt"] == GLAMM_PROMPT_JSON
 
 
 def test_the_prompt_format_in_config_json_is_validated_and_optional(glamm_out):
     from ppcr.modeling.config import PPCRConfig, PromptFormat
 
     data = json.loads((glamm_out[0].out / "config.json").read_text())
-    assert PPCRConfig.from_dict(data).prompt == PromptFormat(image_start_end=True)
+    assert PPCRConfig.from_dict(data).prompt == PromptFormat(**GLAMM_PROMPT_JSON)
     older = {k: v for k, v in data.items() if k != "prompt"}  # checkpoints written before the flag existed
-    assert PPCRConfig.from_dict(older).prompt == PromptFormat(image_start_end=False)
-    with pytest.raises(CheckpointError, match="malformed"):
-        PPCRConfig.from_dict({**data, "prompt": {"image_start_end": "yes"}})
+    assert PPCRConfig.from_dict(older).prompt == PromptFormat(**LLAVA_HF_PROMPT_JSON)
+    # A GLaMM checkpoint written before the system prompt and image text were stored: as it was.
+    wrapped_only = PPCRConfig.from_dict({**data, "prompt": {"image_start_end": True}}).prompt
+    assert wrapped_only == PromptFormat(**{**LLAVA_HF_PROMPT_JSON, "image_start_end": True})
+    for bad in ({"image_start_end": "yes"}, {"system": 3}, {"image_text": "no placeholder"},
+                {"image_text": "<image><image>"}, {"system": "say [SEG]"}, {"image_text": "<image> <sem>"},
+                {"roles": ["A", "B"]}):
+        with pytest.raises(CheckpointError, match="malformed"):
+            PPCRConfig.from_dict({**data, "prompt": bad})
 
 
 def test_the_base_vocabularies_are_compared_when_both_have_a_sentencepiece_model(sources, tmp_path):
@@ -412,22 +442,81 @@ def test_glamm_converted_model_runs_the_pipeline_with_the_wrapped_image(glamm_ou
     runs_the_pipeline(model)
 
 
+def reference_ids(model: PPCRModel, conversation: str) -> list[int]:
+    """The ids GLaMM gives a conversation string: BOS, its tokens (``</s>`` is EOS), ``<image>`` expanded."""
+    ids = [model.token_ids.bos]
+    for token in model.tokenizer(conversation, add_special_tokens=False).input_ids:
+        ids.extend([token] * model.image_seq_length if token == model.token_ids.image else [token])
+    return ids
+
+
+def test_glamm_prompts_are_the_sequence_glamm_was_trained_on(glamm_out):
+    _, model, _ = glamm_out  # loaded back from its checkpoint, as eval, predict and training load it
+    assert model.spec.spatial_prompt == "semantic"
+    processor = PPCRProcessor.from_model(model)
+    assert processor.conversation("Q?", "A.") + "</s>" == GLAMM_USER + "Q? ASSISTANT: A.</s>"
+    text = processor.texts(["Red circle "], [0])  # evaluation / prediction templates
+    semantic = text.semantic.input_ids[0].tolist()
+    assert semantic == reference_ids(model, GLAMM_SEMANTIC_TURN)
+    assert text.spatial.input_ids[0].tolist() == reference_ids(model, GLAMM_SPATIAL_TURN)
+    # Only the answer and its </s> are trained on, as in GLaMM's targets.
+    answer_start = len(reference_ids(model, GLAMM_SEMANTIC_TURN.split(" It is [SEG]")[0]))
+    labels = text.semantic.labels[0].tolist()
+    assert set(labels[:answer_start]) == {-100} and labels[answer_start:] == semantic[answer_start:]
+    # Training samples other questions, in the same conversation.
+    prefix = reference_ids(model, GLAMM_USER)
+    trained = processor.texts(["red circle"] * 4, [0] * 4, rng=random.Random(1))
+    for row in (*trained.semantic.input_ids.tolist(), *trained.spatial.input_ids.tolist()):
+        assert row[: len(prefix)] == prefix
+
+
+def test_shared_prefix_and_grouped_evaluation_are_exact_with_glamms_longer_prefix(glamm_out, small_shapes_root):
+    from ppcr.evaluation.evaluate import evaluate
+
+    _, model, _ = glamm_out
+    model.eval()
+    processor = PPCRProcessor.from_model(model)
+    rows = samples() * 2
+    images = processor.images([rows[0].image, np.ascontiguousarray(rows[0].image[::-1])])
+    text = processor.texts([s.expression for s in rows], [0, 0, 1, 1])
+    # The shared prefix runs past the system prompt to the image tokens.
+    ids = text.semantic.input_ids
+    assert model._prefix_length(ids) == len(reference_ids(model, GLAMM_USER.split("<image>")[0] + "<image>"))
+    with torch.no_grad():
+        features = model.encode_images(images)
+        shared = model.segment(features, text, share_prefix=True)
+        plain = model.segment(features, text, share_prefix=False)
+    assert torch.allclose(shared.h_sem, plain.h_sem, atol=1e-5)
+    assert torch.allclose(shared.boxes, plain.boxes, atol=1e-5)
+    for a, b in zip(shared.mask_logits, plain.mask_logits):
+        assert torch.allclose(a, b, atol=1e-4)
+
+    masks: dict[str, dict] = {"grouped": {}, "naive": {}}
+    for mode in masks:
+        def keep(sample, mask, row, into=masks[mode]):
+            into[(sample.ref_id, sample.sent_id)] = mask.copy()
+
+        evaluate(model, "shapes", "val", small_shapes_root, naive=mode == "naive", batch_size=8, on_prediction=keep)
+    assert len(masks["grouped"]) > 10 and masks["grouped"].keys() == masks["naive"].keys()
+    assert all(np.array_equal(mask, masks["naive"][key]) for key, mask in masks["grouped"].items())
+
+
 def test_the_prompt_format_survives_saving_again(glamm_out, tmp_path):
     _, model, _ = glamm_out
     model.save_pretrained(tmp_path / "again")
-    assert json.loads((tmp_path / "again" / "config.json").read_text())["prompt"] == {"image_start_end": True}
-    assert PPCRModel.from_pretrained(tmp_path / "again").prompt_format.image_start_end is True
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["prompt"] == GLAMM_PROMPT_JSON
+    assert PPCRModel.from_pretrained(tmp_path / "again").prompt_format == model.prompt_format
 
 
 def test_a_wrapped_prompt_format_needs_the_wrapper_tokens(sources):
-    from ppcr.modeling.config import TokenIds
+    from ppcr.modeling.config import PromptFormat, TokenIds
     from ppcr.modeling.llava import add_ppcr_tokens, load_tokenizer
 
     tok = load_tokenizer(sources["tokenizer"])
     ids: TokenIds = add_ppcr_tokens(tok)
     with pytest.raises(DataError, match="no <im_start> token"):
         PPCRProcessor(tok, ids, spatial_prompt="semantic", image_seq_length=4, clip_size=64, sam_size=128,
-                      image_start_end=True)
+                      prompt=PromptFormat(**GLAMM_PROMPT_JSON))
 
 
 # --- llava-hf + SAM -------------------------------------------------------------------------------
@@ -438,7 +527,7 @@ def test_llava_conversion_references_the_public_base(llava_out, sources):
     config = json.loads((result.out / "config.json").read_text())
     assert config["base"] == {"kind": "reference", "llava": str(sources["llava"].resolve()),
                               "sam": str(sources["sam"].resolve())}
-    assert config["prompt"] == {"image_start_end": False} and config["model"]["clip_pad_to_square"] is True
+    assert config["prompt"] == LLAVA_HF_PROMPT_JSON and config["model"]["clip_pad_to_square"] is True
     assert not (result.out / "base").exists()
     counts = result.report.mapping.counts()
     assert counts["unmapped"] == 0 and counts["missing"] == 0
@@ -466,6 +555,9 @@ def test_llava_mapped_tensors_equal_their_sources_and_new_rows_start_at_the_mean
 
 def test_llava_converted_model_runs_the_pipeline(llava_out):
     _, model = llava_out
+    # llava-hf's prompt, by hand: no system prompt, a bare <image> line.
+    ids = PPCRProcessor.from_model(model).texts(["red circle"], [0]).semantic.input_ids[0].tolist()
+    assert ids == reference_ids(model, LLAVA_HF_SEMANTIC_TURN)
     assert "<im_start>" not in model.tokenizer.get_vocab()  # llava-hf prompts: a bare <image>
     text = PPCRProcessor.from_model(model).texts(["the red circle"], [0])
     ids = text.semantic.input_ids[0].tolist()

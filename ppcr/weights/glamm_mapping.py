@@ -24,8 +24,10 @@ tokenizer (``<image>`` 32000, ``<pad>`` 32001) plus its own added tokens, so GLa
 carry over: ``<im_start>`` is 32000 in GLaMM but 32000 is ``<image>`` in llava-hf. The rows are
 therefore moved by token *string* (:mod:`ppcr.weights.token_rows`). When initialising from GLaMM,
 PPCR's tokenizer must contain ``<im_start>`` and ``<im_end>`` (:data:`GLAMM_CARRIED_TOKENS`) and its
-prompt builder must wrap the image as ``<im_start><image><im_end>`` so the LLM sees the sequence it
-was trained on; from plain llava-hf weights no wrapping is used. (Decision recorded in the report.)
+prompt builder must write GLaMM's whole conversation (``ppcr.modeling.config.GLAMM_PROMPT``: the
+llava_v1 system prompt, the image wrapped as ``<im_start><image><im_end>`` inside that sentence) so
+the LLM sees the sequence it was trained on; from plain llava-hf weights llava-hf's prompt is used.
+(Decision recorded in the report.)
 """
 
 from __future__ import annotations

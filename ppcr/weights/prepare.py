@@ -13,8 +13,9 @@ Two recipes, both ending in a directory that ``PPCRModel.from_pretrained`` (and 
   q/v matrix (error per matrix in the report), the ``spatial`` adapter starts fresh, and the
   region encoder is dropped. GLaMM's layout is not loadable by transformers, so the converted
   base is *stored* in the checkpoint (``base/llava``, ``base/sam.safetensors``). The prompt
-  format wraps the image as ``<im_start><image><im_end>`` (``config.json`` ``prompt``), and CLIP
-  images are centre-cropped (``model.clip_pad_to_square=false``), as GLaMM was trained.
+  format (``config.json`` ``prompt``) is GLaMM's: the llava_v1 system prompt, then
+  ``The <im_start><image><im_end> provides an overview of the picture.\\n`` before the question,
+  and CLIP images are centre-cropped (``model.clip_pad_to_square=false``), as GLaMM was trained.
 
 Tokenizer. PPCR's tokenizer is llava-hf's (``<image>`` 32000, ``<pad>`` 32001) plus ``[SEG]``,
 ``[BOX]``, ``<sem>`` (and, from GLaMM, ``<im_start>``/``<im_end>``): transformers' LLaVA needs an
@@ -40,7 +41,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
@@ -98,7 +99,7 @@ class PrepareWeightsResult:
             "missing": list(mapping.missing),
             "adapters": self.adapter_summaries(),
             "tokens": self.report.tokens.to_dict() if self.report.tokens is not None else None,
-            "prompt": {"image_start_end": self.config.prompt.image_start_end},
+            "prompt": asdict(self.config.prompt),
             "base": {"kind": self.config.base.kind, "llava": self.config.base.llava, "sam": self.config.base.sam},
             "notes": list(self.notes),
         }
@@ -185,7 +186,7 @@ def prepare_weights(
     from ppcr.io import atomic_directory
     from ppcr.modeling.adapters import SEMANTIC, AdapterSet
     from ppcr.modeling.checkpoint import save_checkpoint
-    from ppcr.modeling.config import BaseWeights, PPCRConfig, PromptFormat
+    from ppcr.modeling.config import GLAMM_PROMPT, BaseWeights, PPCRConfig
     from ppcr.modeling.heads import SemanticProjection
     from ppcr.modeling.llava import build_llava
     from ppcr.modeling.model import PPCRModel
@@ -248,7 +249,7 @@ def prepare_weights(
             with torch.no_grad():
                 model.semantic_proj.load_state_dict(holder.semantic_proj.state_dict(), strict=True)
             AdapterSet(model.llm, (SEMANTIC,)).load(staging / SVD_SCRATCH)
-            model.prompt_format = PromptFormat(image_start_end=True)
+            model.prompt_format = GLAMM_PROMPT
         notes += _token_notes(report)
         if report.mapping.unmapped:
             notes.append(
@@ -402,8 +403,8 @@ def _glamm_notes(report: ConversionReport, base: str | Path, tokenizer_source: s
     dropped = len({r.key for r in report.mapping.dropped if r.component == "region_encoder"})
     notes = [
         (
-            "prompts wrap the image as <im_start><image><im_end> (GLaMM's mm_use_im_start_end); "
-            "config.json prompt.image_start_end=true"
+            "prompts are GLaMM's: the llava_v1 system prompt, then 'The <im_start><image><im_end> provides "
+            "an overview of the picture.' before the question (config.json prompt)"
         ),
         "CLIP images are centre-cropped as in GLaMM (model.clip_pad_to_square=false)",
         f"GLaMM's region encoder ({dropped} tensors) is dropped: PPCR has no region inputs",
