@@ -25,7 +25,7 @@ from ppcr.errors import CheckpointError, DataError, PPCRError
 from ppcr.modeling.model import PPCRModel
 from ppcr.modeling.processor import PPCRProcessor, PPCRSample
 from ppcr.weights.prepare import prepare_weights
-from tests.weights_builders import refseg_from, write_sharded, write_single
+from tests.weights_builders import glamm_release_pair, write_sharded, write_single
 
 TINY = TinySpec()
 RANK, ALPHA = 8, 16
@@ -156,10 +156,10 @@ def write_glamm(directory: Path, state: dict[str, torch.Tensor], base_vocab: int
 
 
 def glamm_pair(base_vocab: int) -> tuple[dict, dict]:
-    """GranD and RefSeg states: RefSeg = GranD + rank-8 q/v deltas (alpha 16) + full head changes."""
-    grand = GlammLike(base_vocab, seed=0)
-    refseg = refseg_from(grand, rank=RANK, alpha=ALPHA, head_scale=0.1)
-    return grand.released_state_dict(), refseg.released_state_dict()
+    """GranD and RefSeg as released: RefSeg = GranD (bf16 LLM) + rank-8 q/v LoRA (alpha 16) merged
+    as GLaMM merged it, + full changes of the fully trained parts; frozen tensors bit-identical."""
+    grand = GlammLike(base_vocab, seed=0).released_state_dict()
+    return glamm_release_pair(grand, rank=RANK, alpha=ALPHA, head_scale=0.1)
 
 
 def tiny_clip(seed: int = 3):
