@@ -181,28 +181,37 @@ def load_sources(
     from ppcr.weights.loading import copy_components
 
     resolved = {source.label: resolve_checkpoint(source.location) for source in sources}
+    # Targets spelled as the modules being filled spell them (transformers-version differences).
+    mappings = {source.label: source.mapping.onto(expected) for source in sources}
     planned = MappingReport()
     for source in sources:
         keys = checkpoint_keys(resolved[source.label])
         check_layout(keys, source.mapping, str(source.location), KNOWN_LAYOUTS)
         for key in keys:
-            planned.record(source.label, key, decide(source.mapping, key, source.label, source.take))
+            planned.record(source.label, key, decide(mappings[source.label], key, source.label, source.take))
     missing = planned.expect(expected)
     if strict and missing:
-        hint = "pass the CLIP checkpoint (--clip)" if missing[0].startswith("model.vision_tower.") else None
         raise CheckpointError(
             f"{len(missing)} parameters would come from no source, e.g. {missing[0]}",
-            hint=hint or "check that the sources match the model configuration",
+            hint=_missing_hint(missing, planned),
         )
 
     report = MappingReport()
     held: dict[str, torch.Tensor] = {}
     for source in sources:
         tensors = iter_tensors(resolved[source.label])
-        stream = map_tensors(tensors, source.mapping, report, source.label, source.take)
+        stream = map_tensors(tensors, mappings[source.label], report, source.label, source.take)
         copy_components(modules, _holding(stream, hold, held))
     report.expect(expected)
     return report, held, resolved
+
+
+def _missing_hint(missing: Sequence[str], planned: MappingReport) -> str:
+    """What to do about parameters no source provides: pass CLIP only if no source has a tower."""
+    tower = "model.vision_tower."
+    if missing[0].startswith(tower) and not any(t.startswith(tower) for t in planned.targets()):
+        return "pass the CLIP checkpoint (--clip)"
+    return "check that the sources match the model configuration"
 
 
 def _holding(
