@@ -25,7 +25,13 @@ from ppcr.errors import CheckpointError, DataError, PPCRError
 from ppcr.modeling.model import PPCRModel
 from ppcr.modeling.processor import PPCRProcessor, PPCRSample
 from ppcr.weights.prepare import prepare_weights
-from tests.weights_builders import glamm_release_pair, write_sharded, write_single
+from tests.weights_builders import (
+    GLAMM_FULLY_TRAINED,
+    GLAMM_LORA_KEY,
+    glamm_release_pair,
+    write_sharded,
+    write_single,
+)
 
 TINY = TinySpec()
 RANK, ALPHA = 8, 16
@@ -360,9 +366,19 @@ def test_glamm_semantic_adapter_reproduces_refseg_and_spatial_starts_at_zero(gla
     assert summary["matrices"] == 2 * TINY.llm_layers
     # The stored q/v matrices are bf16, so the difference carries rounding noise of ~2^-9 of RefSeg's weights.
     assert summary["max_relative_error"] < 1e-2 and summary["median_relative_error"] <= summary["max_relative_error"]
+    # Error and captured energy per matrix, in the report and in the JSON summary alike.
     report = json.loads(result.report_path.read_text())
     per_matrix = report["adapters"]["semantic"]["per_matrix"]
-    assert len(per_matrix) == 2 * TINY.llm_layers and all("relative_error" in m for m in per_matrix)
+    assert len(per_matrix) == 2 * TINY.llm_layers
+    assert all(m["relative_error"] < 1e-2 and m["energy"] > 1 - 1e-4 for m in per_matrix)
+    assert result.to_dict()["adapters"]["semantic"]["per_matrix"] == per_matrix
+    assert not any(note.startswith("WARNING: the semantic adapter") for note in result.notes)
+    # GranD was checked to be RefSeg's parent.
+    frozen = [k for k in sources["grand_state"] if not GLAMM_LORA_KEY.fullmatch(k)
+              and not any(part in k for part in GLAMM_FULLY_TRAINED)]
+    assert report["parent_check"]["frozen_tensors_identical"] == len(frozen) > 20
+    assert result.to_dict()["parent_check"] == report["parent_check"]
+    assert any(note.startswith("GranD is RefSeg's parent") for note in result.notes)
 
     refseg, grand = sources["refseg_state"], sources["grand_state"]
     hidden = torch.randn(5, TINY.llm_hidden, generator=torch.Generator().manual_seed(0))
@@ -610,6 +626,33 @@ def test_a_failure_half_way_leaves_the_destination_untouched(sources, tmp_path):
         prepare_weights("glamm", out, overwrite=True, **args)
     assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "refseg"]  # no temporaries left
+
+
+def test_a_grand_that_is_not_refsegs_parent_is_refused_and_nothing_is_written(sources, tmp_path):
+    grand = dict(sources["grand_state"])
+    key = "model.layers.1.self_attn.k_proj.weight"  # frozen in GLaMM's fine-tuning
+    grand[key] = (grand[key].float() * 1.05).to(grand[key].dtype)
+    other = write_glamm(tmp_path / "other-grand", grand, sources["base_vocab"], shards=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("previous")
+    with pytest.raises(CheckpointError) as error:
+        prepare_weights("glamm", out, overwrite=True, **{**glamm_args(sources), "base": other})
+    message = error.value.message
+    assert message.startswith(f"{sources['refseg']} was not fine-tuned from {other}: {key}, which GLaMM's")
+    assert "differs (max |difference|" in message and "\n" not in message
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other-grand", "out"]  # no temporaries left
+
+
+def test_an_adapter_that_misses_most_of_the_difference_is_flagged(sources, tmp_path):
+    # RefSeg's planted LoRA has rank 8: a rank-1 adapter keeps about an eighth of it.
+    result = prepare_weights("glamm", tmp_path / "rank1", **{**glamm_args(sources), "rank": 1, "alpha": 2})
+    summary = result.to_dict()["adapters"]["semantic"]
+    assert summary["median_relative_error"] > 0.5 and summary["median_energy"] < 0.5
+    warnings = [note for note in result.notes if note.startswith("WARNING: the semantic adapter")]
+    assert len(warnings) == 1 and f"median relative error is {summary['median_relative_error']:.2f}" in warnings[0]
+    assert warnings[0] in json.loads(result.report_path.read_text())["notes"]
 
 
 def test_wrong_architecture_is_refused(sources, tmp_path):
