@@ -32,8 +32,12 @@ as it is, a local path relative to OUT, so OUT can be moved together with them),
 --from glamm: the paper's initialisation. GLaMM-GranD-Pretrained is the frozen base (CLIP from
 --clip, which GLaMM's release leaves out), GLaMM-RefSeg gives the mask decoder, the semantic
 prompt head and the [SEG] rows, and the semantic adapter is the rank-r SVD of RefSeg - GranD on
-every q/v matrix (error per matrix in the report); the spatial adapter starts fresh. The converted
-base is stored in the checkpoint, and its prompts wrap the image as `<im_start><image><im_end>`.
+every q/v matrix (error and captured energy per matrix in the report; a warning when the median
+error is above 0.5). That SVD is RefSeg's LoRA only if --base is RefSeg's parent, so every tensor
+GLaMM's fine-tuning keeps frozen must be identical in both, or nothing is written. The spatial
+adapter starts fresh. The converted base is stored in the checkpoint, and its prompts are GLaMM's
+(llava_v1 system prompt, then "The <im_start><image><im_end> provides an overview of the
+picture." before the question).
 
 Sources are hub ids already in the local Hugging Face cache (nothing is downloaded; use
 `hf download ID` first) or local directories/files; sharded .bin and safetensors are both read,
@@ -164,13 +168,13 @@ def _print_summary(result: PrepareWeightsResult) -> None:
 
     for name, summary in result.adapter_summaries().items():
         svd = Table(title=f"{name} adapter: rank-{result.config.model.lora.r} SVD, relative error per matrix")
-        for column in ("matrices", "median error", "worst error", "worst matrix", "lowest energy"):
+        for column in ("matrices", "median error", "worst error", "worst matrix", "median energy", "lowest energy"):
             svd.add_column(column, justify="left" if column == "worst matrix" else "right", no_wrap=column != "worst matrix")
         if summary.get("matrices"):
             svd.add_row(
                 str(summary["matrices"]), f"{summary['median_relative_error']:.2e}",
                 f"{summary['max_relative_error']:.2e}", summary["worst_module"].removeprefix("model.language_model."),
-                f"{summary['min_energy']:.4f}",
+                f"{summary['median_energy']:.4f}", f"{summary['min_energy']:.4f}",
             )
         out.print(svd)
 

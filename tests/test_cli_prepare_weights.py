@@ -44,7 +44,8 @@ def test_glamm_conversion_prints_the_summary_and_the_output_runs(sources, tmp_pa
     assert "region_encoder" in stdout and "GLaMM's bbox-input region encoder" in stdout
     assert "semantic adapter: rank-8 SVD" in stdout and "median error" in stdout and "worst error" in stdout
     assert f"wrote {out}" in stdout and "conversion_report.json" in stdout
-    assert "<im_start><image><im_end>" in result.stderr  # the prompt-format decision is announced
+    assert "GranD is RefSeg's parent" in " ".join(result.stderr.split())
+    assert "llava_v1 system prompt" in result.stderr and "<im_start><image><im_end>" in result.stderr
     assert "Traceback" not in result.stderr
     report = json.loads((out / "conversion_report.json").read_text())
     assert report["mapping"]["counts"]["missing"] == 0
@@ -57,7 +58,8 @@ def test_llava_conversion_with_json_output(sources, tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)  # stdout holds nothing but the JSON document
     assert data["source"] == "llava" and data["out"] == str(out)
-    assert data["base"]["kind"] == "reference" and data["prompt"] == {"image_start_end": False}
+    assert data["base"]["kind"] == "reference"
+    assert data["prompt"] == {"image_start_end": False, "system": "", "image_text": "<image>\n"}
     assert data["counts"]["unmapped"] == 0 and data["missing"] == []
     assert {(row["source"], row["component"]) for row in data["table"]} >= {("llava", "llava"), ("sam", "sam")}
     assert data["adapters"] == {}
@@ -89,6 +91,23 @@ def test_a_corrupt_file_is_one_line(sources, tmp_path):
     sam.write_bytes(sources["sam"].read_bytes()[:500])
     _assert_one_line_error(run(*llava_args(sources, tmp_path / "out", sam=sam)), 1, "corrupt or truncated")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_grand_refseg_pair_whose_frozen_tensors_differ_is_one_line_and_writes_nothing(sources, tmp_path):
+    from tests.test_prepare_weights import GlammLike, write_glamm
+
+    # A GranD-like checkpoint that is not RefSeg's parent: same architecture, other weights.
+    unrelated = GlammLike(sources["base_vocab"], seed=7).released_state_dict()
+    grand = write_glamm(tmp_path / "unrelated-grand", unrelated, sources["base_vocab"], shards=2)
+    out = tmp_path / "out"
+    args = glamm_args(sources, out)
+    args[args.index("--base") + 1] = str(grand)
+    result = run(*args)
+    _assert_one_line_error(result, 1, f"{sources['refseg']} was not fine-tuned from {grand}: ")
+    assert "which GLaMM's fine-tuning keeps frozen, differs" in result.stderr
+    assert "hint: pass GLaMM-GranD-Pretrained as --base" in result.stderr
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated-grand"]
 
 
 def test_the_wrong_layout_is_one_line(sources, tmp_path):

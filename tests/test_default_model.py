@@ -43,3 +43,22 @@ def test_the_default_model_segments_unseen_shapes_above_its_threshold(fresh_shap
     (result,) = evaluate_many(model, dataset, ["train"], fresh_shapes)
     assert result.metrics["count"] > 100
     assert result.metrics["mIoU"] >= MIN_MIOU[dataset], result.metrics
+
+
+def test_the_default_model_keeps_llava_hfs_prompt():
+    """Its config.json predates the stored system prompt, so it loads with llava-hf's turn and
+    sees exactly the ids it was trained on (written out by hand here)."""
+    import json
+
+    from ppcr.modeling.model import PPCRModel
+    from ppcr.modeling.processor import PPCRProcessor
+
+    assert json.loads((DEFAULT_MODEL / "config.json").read_text())["prompt"] == {"image_start_end": False}
+    model = PPCRModel.from_pretrained(DEFAULT_MODEL)
+    turn = "USER: <image>\nCan you segment the red circle in this image? ASSISTANT: It is [SEG]."
+    expected = [model.token_ids.bos]
+    for token in model.tokenizer(turn, add_special_tokens=False).input_ids:
+        expected.extend([token] * model.image_seq_length if token == model.token_ids.image else [token])
+    expected.append(model.token_ids.eos)
+    text = PPCRProcessor.from_model(model).texts(["red circle"], [0])
+    assert text.semantic.input_ids[0].tolist() == expected

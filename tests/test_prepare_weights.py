@@ -26,11 +26,40 @@ from ppcr.errors import CheckpointError, DataError, PPCRError
 from ppcr.modeling.model import PPCRModel
 from ppcr.modeling.processor import PPCRProcessor, PPCRSample
 from ppcr.weights.prepare import prepare_weights
-from tests.weights_builders import refseg_from, write_sharded, write_single
+from tests.weights_builders import (
+    GLAMM_FULLY_TRAINED,
+    GLAMM_LORA_KEY,
+    glamm_release_pair,
+    write_sharded,
+    write_single,
+)
 
 TINY = TinySpec()
 RANK, ALPHA = 8, 16
 GLAMM_TOKENS = ["<im_start>", "<im_end>", "<bbox>", "<point>", "[SEG]", "<p>", "</p>"]
+
+# GLaMM's conversation, written out by hand from groundingLMM's source (not produced by PPCR):
+# model/llava/conversation.py conv_llava_v1 (this system prompt, roles USER / ASSISTANT,
+# SeparatorStyle.TWO with sep " " and sep2 "</s>"), the begin_str "The <image> provides an overview
+# of the picture.\n" of dataset/segm_datasets/RefCOCO_Segm_ds.py before the first question, and
+# dataset/dataset.py replacing <image> by <im_start><image><im_end>. get_prompt() of one turn is
+# system + " " + "USER: " + begin_str + question + " " + "ASSISTANT: " + answer + "</s>".
+GLAMM_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+GLAMM_USER = GLAMM_SYSTEM + " USER: The <im_start><image><im_end> provides an overview of the picture.\n"
+GLAMM_SEMANTIC_TURN = GLAMM_USER + "Can you segment the red circle in this image? ASSISTANT: It is [SEG].</s>"
+GLAMM_SPATIAL_TURN = (
+    GLAMM_USER + "Where is the target marked by <sem>? Please respond with a bounding box. ASSISTANT: It is [BOX].</s>"
+)
+LLAVA_HF_SEMANTIC_TURN = "USER: <image>\nCan you segment the red circle in this image? ASSISTANT: It is [SEG].</s>"
+GLAMM_PROMPT_JSON = {
+    "image_start_end": True,
+    "system": GLAMM_SYSTEM,
+    "image_text": "The <image> provides an overview of the picture.\n",
+}
+LLAVA_HF_PROMPT_JSON = {"image_start_end": False, "system": "", "image_text": "<image>\n"}
 
 
 # --- tiny sources in the real layouts -------------------------------------------------------------
@@ -134,10 +163,10 @@ def write_glamm(directory: Path, state: dict[str, torch.Tensor], base_vocab: int
 
 
 def glamm_pair(base_vocab: int) -> tuple[dict, dict]:
-    """GranD and RefSeg states: RefSeg = GranD + rank-8 q/v deltas (alpha 16) + full head changes."""
-    grand = GlammLike(base_vocab, seed=0)
-    refseg = refseg_from(grand, rank=RANK, alpha=ALPHA, head_scale=0.1)
-    return grand.released_state_dict(), refseg.released_state_dict()
+    """GranD and RefSeg as released: RefSeg = GranD (bf16 LLM) + rank-8 q/v LoRA (alpha 16) merged
+    as GLaMM merged it, + full changes of the fully trained parts; frozen tensors bit-identical."""
+    grand = GlammLike(base_vocab, seed=0).released_state_dict()
+    return glamm_release_pair(grand, rank=RANK, alpha=ALPHA, head_scale=0.1)
 
 
 def tiny_clip(seed: int = 3):
@@ -282,7 +311,7 @@ def test_glamm_conversion_writes_a_complete_checkpoint(glamm_out):
     assert not (out / ".semantic-svd").exists()
     assert sorted(p.name for p in out.parent.iterdir()) == ["glamm-init"]  # no temporaries left
     config = json.loads((out / "config.json").read_text())
-    assert config["prompt"] == {"image_start_end": True}
+    assert config["prompt"] == GLAMM_PROMPT_JSON
     assert config["base"]["kind"] == "stored"
     assert config["model"]["clip_pad_to_square"] is False
     assert config["model"]["lora"]["r"] == RANK and config["model"]["lora"]["alpha"] == ALPHA
@@ -338,9 +367,19 @@ def test_glamm_semantic_adapter_reproduces_refseg_and_spatial_starts_at_zero(gla
     assert summary["matrices"] == 2 * TINY.llm_layers
     # The stored q/v matrices are bf16, so the difference carries rounding noise of ~2^-9 of RefSeg's weights.
     assert summary["max_relative_error"] < 1e-2 and summary["median_relative_error"] <= summary["max_relative_error"]
+    # Error and captured energy per matrix, in the report and in the JSON summary alike.
     report = json.loads(result.report_path.read_text())
     per_matrix = report["adapters"]["semantic"]["per_matrix"]
-    assert len(per_matrix) == 2 * TINY.llm_layers and all("relative_error" in m for m in per_matrix)
+    assert len(per_matrix) == 2 * TINY.llm_layers
+    assert all(m["relative_error"] < 1e-2 and m["energy"] > 1 - 1e-4 for m in per_matrix)
+    assert result.to_dict()["adapters"]["semantic"]["per_matrix"] == per_matrix
+    assert not any(note.startswith("WARNING: the semantic adapter") for note in result.notes)
+    # GranD was checked to be RefSeg's parent.
+    frozen = [k for k in sources["grand_state"] if not GLAMM_LORA_KEY.fullmatch(k)
+              and not any(part in k for part in GLAMM_FULLY_TRAINED)]
+    assert report["parent_check"]["frozen_tensors_identical"] == len(frozen) > 20
+    assert result.to_dict()["parent_check"] == report["parent_check"]
+    assert any(note.startswith("GranD is RefSeg's parent") for note in result.notes)
 
     refseg, grand = sources["refseg_state"], sources["grand_state"]
     hidden = torch.randn(5, TINY.llm_hidden, generator=torch.Generator().manual_seed(0))
@@ -367,21 +406,28 @@ def test_glamm_report_records_drops_and_decisions(glamm_out, sources):
     assert any(r.startswith("not taken from grand") for r in table[("grand", "sam")]["reasons"])
     assert report["mapping"]["counts"]["unmapped"] == 0 and report["mapping"]["missing"] == []
     notes = " ".join(result.notes)
-    assert "<im_start><image><im_end>" in notes and "region encoder (4 tensors) is dropped" in notes
+    assert "llava_v1 system prompt" in notes and "<im_start><image><im_end>" in notes
+    assert "region encoder (4 tensors) is dropped" in notes
     assert f"the SAM checkpoint {sources['sam']} was not read" in notes
     assert report["notes"] == result.notes
-    assert result.to_dict()["prompt"] == {"image_start_end": True}
+    assert result.to_dict()["prompt"] == GLAMM_PROMPT_JSON
 
 
 def test_the_prompt_format_in_config_json_is_validated_and_optional(glamm_out):
     from ppcr.modeling.config import PPCRConfig, PromptFormat
 
     data = json.loads((glamm_out[0].out / "config.json").read_text())
-    assert PPCRConfig.from_dict(data).prompt == PromptFormat(image_start_end=True)
+    assert PPCRConfig.from_dict(data).prompt == PromptFormat(**GLAMM_PROMPT_JSON)
     older = {k: v for k, v in data.items() if k != "prompt"}  # checkpoints written before the flag existed
-    assert PPCRConfig.from_dict(older).prompt == PromptFormat(image_start_end=False)
-    with pytest.raises(CheckpointError, match="malformed"):
-        PPCRConfig.from_dict({**data, "prompt": {"image_start_end": "yes"}})
+    assert PPCRConfig.from_dict(older).prompt == PromptFormat(**LLAVA_HF_PROMPT_JSON)
+    # A GLaMM checkpoint written before the system prompt and image text were stored: as it was.
+    wrapped_only = PPCRConfig.from_dict({**data, "prompt": {"image_start_end": True}}).prompt
+    assert wrapped_only == PromptFormat(**{**LLAVA_HF_PROMPT_JSON, "image_start_end": True})
+    for bad in ({"image_start_end": "yes"}, {"system": 3}, {"image_text": "no placeholder"},
+                {"image_text": "<image><image>"}, {"system": "say [SEG]"}, {"image_text": "<image> <sem>"},
+                {"roles": ["A", "B"]}):
+        with pytest.raises(CheckpointError, match="malformed"):
+            PPCRConfig.from_dict({**data, "prompt": bad})
 
 
 def test_the_base_vocabularies_are_compared_when_both_have_a_sentencepiece_model(sources, tmp_path):
@@ -413,22 +459,81 @@ def test_glamm_converted_model_runs_the_pipeline_with_the_wrapped_image(glamm_ou
     runs_the_pipeline(model)
 
 
+def reference_ids(model: PPCRModel, conversation: str) -> list[int]:
+    """The ids GLaMM gives a conversation string: BOS, its tokens (``</s>`` is EOS), ``<image>`` expanded."""
+    ids = [model.token_ids.bos]
+    for token in model.tokenizer(conversation, add_special_tokens=False).input_ids:
+        ids.extend([token] * model.image_seq_length if token == model.token_ids.image else [token])
+    return ids
+
+
+def test_glamm_prompts_are_the_sequence_glamm_was_trained_on(glamm_out):
+    _, model, _ = glamm_out  # loaded back from its checkpoint, as eval, predict and training load it
+    assert model.spec.spatial_prompt == "semantic"
+    processor = PPCRProcessor.from_model(model)
+    assert processor.conversation("Q?", "A.") + "</s>" == GLAMM_USER + "Q? ASSISTANT: A.</s>"
+    text = processor.texts(["Red circle "], [0])  # evaluation / prediction templates
+    semantic = text.semantic.input_ids[0].tolist()
+    assert semantic == reference_ids(model, GLAMM_SEMANTIC_TURN)
+    assert text.spatial.input_ids[0].tolist() == reference_ids(model, GLAMM_SPATIAL_TURN)
+    # Only the answer and its </s> are trained on, as in GLaMM's targets.
+    answer_start = len(reference_ids(model, GLAMM_SEMANTIC_TURN.split(" It is [SEG]")[0]))
+    labels = text.semantic.labels[0].tolist()
+    assert set(labels[:answer_start]) == {-100} and labels[answer_start:] == semantic[answer_start:]
+    # Training samples other questions, in the same conversation.
+    prefix = reference_ids(model, GLAMM_USER)
+    trained = processor.texts(["red circle"] * 4, [0] * 4, rng=random.Random(1))
+    for row in (*trained.semantic.input_ids.tolist(), *trained.spatial.input_ids.tolist()):
+        assert row[: len(prefix)] == prefix
+
+
+def test_shared_prefix_and_grouped_evaluation_are_exact_with_glamms_longer_prefix(glamm_out, small_shapes_root):
+    from ppcr.evaluation.evaluate import evaluate
+
+    _, model, _ = glamm_out
+    model.eval()
+    processor = PPCRProcessor.from_model(model)
+    rows = samples() * 2
+    images = processor.images([rows[0].image, np.ascontiguousarray(rows[0].image[::-1])])
+    text = processor.texts([s.expression for s in rows], [0, 0, 1, 1])
+    # The shared prefix runs past the system prompt to the image tokens.
+    ids = text.semantic.input_ids
+    assert model._prefix_length(ids) == len(reference_ids(model, GLAMM_USER.split("<image>")[0] + "<image>"))
+    with torch.no_grad():
+        features = model.encode_images(images)
+        shared = model.segment(features, text, share_prefix=True)
+        plain = model.segment(features, text, share_prefix=False)
+    assert torch.allclose(shared.h_sem, plain.h_sem, atol=1e-5)
+    assert torch.allclose(shared.boxes, plain.boxes, atol=1e-5)
+    for a, b in zip(shared.mask_logits, plain.mask_logits):
+        assert torch.allclose(a, b, atol=1e-4)
+
+    masks: dict[str, dict] = {"grouped": {}, "naive": {}}
+    for mode in masks:
+        def keep(sample, mask, row, into=masks[mode]):
+            into[(sample.ref_id, sample.sent_id)] = mask.copy()
+
+        evaluate(model, "shapes", "val", small_shapes_root, naive=mode == "naive", batch_size=8, on_prediction=keep)
+    assert len(masks["grouped"]) > 10 and masks["grouped"].keys() == masks["naive"].keys()
+    assert all(np.array_equal(mask, masks["naive"][key]) for key, mask in masks["grouped"].items())
+
+
 def test_the_prompt_format_survives_saving_again(glamm_out, tmp_path):
     _, model, _ = glamm_out
     model.save_pretrained(tmp_path / "again")
-    assert json.loads((tmp_path / "again" / "config.json").read_text())["prompt"] == {"image_start_end": True}
-    assert PPCRModel.from_pretrained(tmp_path / "again").prompt_format.image_start_end is True
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["prompt"] == GLAMM_PROMPT_JSON
+    assert PPCRModel.from_pretrained(tmp_path / "again").prompt_format == model.prompt_format
 
 
 def test_a_wrapped_prompt_format_needs_the_wrapper_tokens(sources):
-    from ppcr.modeling.config import TokenIds
+    from ppcr.modeling.config import PromptFormat, TokenIds
     from ppcr.modeling.llava import add_ppcr_tokens, load_tokenizer
 
     tok = load_tokenizer(sources["tokenizer"])
     ids: TokenIds = add_ppcr_tokens(tok)
     with pytest.raises(DataError, match="no <im_start> token"):
         PPCRProcessor(tok, ids, spatial_prompt="semantic", image_seq_length=4, clip_size=64, sam_size=128,
-                      image_start_end=True)
+                      prompt=PromptFormat(**GLAMM_PROMPT_JSON))
 
 
 # --- llava-hf + SAM -------------------------------------------------------------------------------
@@ -443,7 +548,7 @@ def test_llava_conversion_references_the_public_base(llava_out, sources):
                               "sam": os.path.relpath(sources["sam"].resolve(), here)}
     assert config["base"]["llava"].startswith("../")
     assert config["extra"]["prepared_from"]["sources"]["llava"] == config["base"]["llava"]
-    assert config["prompt"] == {"image_start_end": False} and config["model"]["clip_pad_to_square"] is True
+    assert config["prompt"] == LLAVA_HF_PROMPT_JSON and config["model"]["clip_pad_to_square"] is True
     assert not (result.out / "base").exists()
     counts = result.report.mapping.counts()
     assert counts["unmapped"] == 0 and counts["missing"] == 0
@@ -471,6 +576,9 @@ def test_llava_mapped_tensors_equal_their_sources_and_new_rows_start_at_the_mean
 
 def test_llava_converted_model_runs_the_pipeline(llava_out):
     _, model = llava_out
+    # llava-hf's prompt, by hand: no system prompt, a bare <image> line.
+    ids = PPCRProcessor.from_model(model).texts(["red circle"], [0]).semantic.input_ids[0].tolist()
+    assert ids == reference_ids(model, LLAVA_HF_SEMANTIC_TURN)
     assert "<im_start>" not in model.tokenizer.get_vocab()  # llava-hf prompts: a bare <image>
     text = PPCRProcessor.from_model(model).texts(["the red circle"], [0])
     ids = text.semantic.input_ids[0].tolist()
@@ -544,6 +652,33 @@ def test_a_failure_half_way_leaves_the_destination_untouched(sources, tmp_path):
         prepare_weights("glamm", out, overwrite=True, **args)
     assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "refseg"]  # no temporaries left
+
+
+def test_a_grand_that_is_not_refsegs_parent_is_refused_and_nothing_is_written(sources, tmp_path):
+    grand = dict(sources["grand_state"])
+    key = "model.layers.1.self_attn.k_proj.weight"  # frozen in GLaMM's fine-tuning
+    grand[key] = (grand[key].float() * 1.05).to(grand[key].dtype)
+    other = write_glamm(tmp_path / "other-grand", grand, sources["base_vocab"], shards=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("previous")
+    with pytest.raises(CheckpointError) as error:
+        prepare_weights("glamm", out, overwrite=True, **{**glamm_args(sources), "base": other})
+    message = error.value.message
+    assert message.startswith(f"{sources['refseg']} was not fine-tuned from {other}: {key}, which GLaMM's")
+    assert "differs (max |difference|" in message and "\n" not in message
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other-grand", "out"]  # no temporaries left
+
+
+def test_an_adapter_that_misses_most_of_the_difference_is_flagged(sources, tmp_path):
+    # RefSeg's planted LoRA has rank 8: a rank-1 adapter keeps about an eighth of it.
+    result = prepare_weights("glamm", tmp_path / "rank1", **{**glamm_args(sources), "rank": 1, "alpha": 2})
+    summary = result.to_dict()["adapters"]["semantic"]
+    assert summary["median_relative_error"] > 0.5 and summary["median_energy"] < 0.5
+    warnings = [note for note in result.notes if note.startswith("WARNING: the semantic adapter")]
+    assert len(warnings) == 1 and f"median relative error is {summary['median_relative_error']:.2f}" in warnings[0]
+    assert warnings[0] in json.loads(result.report_path.read_text())["notes"]
 
 
 def test_wrong_architecture_is_refused(sources, tmp_path):

@@ -21,7 +21,7 @@ from tests.weights_builders import (
     PPCR_ROWS,
     PPCR_VOCAB,
     GlammLike,
-    refseg_from,
+    glamm_release_pair,
     semantic_proj,
     tiny_clip,
     tiny_llava,
@@ -37,8 +37,8 @@ def glamm_pair(tmp_path: Path) -> tuple[Path, Path, dict, dict]:
     """GranD-like and RefSeg-like checkpoints: RefSeg = GranD + rank-8 q/v deltas (alpha 16) +
     full changes of the mask decoder, text_hidden_fcs, embed_tokens and lm_head (as GLaMM trains)."""
     grand = GlammLike(with_vision_tower=False, seed=0)
-    refseg = refseg_from(grand, rank=RANK, alpha=ALPHA)
-    grand_state, refseg_state = dict(grand.state_dict()), dict(refseg.state_dict())
+    # fp32 storage here so the recovered delta is exact; the bf16 release is tested end to end.
+    grand_state, refseg_state = glamm_release_pair(dict(grand.state_dict()), rank=RANK, alpha=ALPHA)
     return (
         write_glamm(tmp_path / "grand", grand_state, shards=2),
         write_glamm(tmp_path / "refseg", refseg_state, shards=3),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import weakref
 from pathlib import Path
 
@@ -23,7 +22,15 @@ from ppcr.weights.lora_svd import (
 )
 from ppcr.weights.report import MappingReport
 from ppcr.weights.shards import iter_tensors
-from tests.weights_builders import BASE_VOCAB, GLAMM_VOCAB, LAYERS, GlammLike, tiny_llava, write_glamm
+from tests.weights_builders import (
+    BASE_VOCAB,
+    GLAMM_VOCAB,
+    LAYERS,
+    GlammLike,
+    glamm_release_pair,
+    tiny_llava,
+    write_glamm,
+)
 
 
 def planted(rows: int, cols: int, rank: int, scale: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,12 +74,14 @@ def test_full_rank_perturbation_reports_its_large_error_honestly() -> None:
 
 
 def test_bf16_rounding_noise_is_reported_and_mostly_removed() -> None:
-    """Like GLaMM's release: both checkpoints stored in bf16, delta 5 % of the weights."""
+    """Like GLaMM's release: GranD stored in bf16, the LoRA merged into that bf16 weight and stored
+    in bf16 again (``(W_bf16.float() + Δ).bfloat16()``), delta 5 % of the weights."""
     generator = torch.Generator().manual_seed(4)
     base = torch.randn(256, 256, generator=generator) * 0.02
     true_delta = torch.randn(256, 8, generator=generator) @ torch.randn(8, 256, generator=generator)
     true_delta = true_delta * (0.05 * base.norm() / true_delta.norm())
-    stored_base, stored_tuned = base.bfloat16(), (base + true_delta).bfloat16()
+    stored_base = base.bfloat16()
+    stored_tuned = (stored_base.float() + true_delta).bfloat16()
     lora_a, lora_b, report = extract_lora(stored_tuned, stored_base, 8, alpha=16)
     stored_delta = stored_tuned.double() - stored_base.double()
     noise = float((stored_delta - true_delta.double()).norm() / true_delta.double().norm())
@@ -135,19 +144,14 @@ def test_adapter_from_two_glamm_checkpoints_reproduces_the_tuned_model(tmp_path:
     from peft import PeftModel
 
     rank, alpha = 8, 16
-    grand = GlammLike(with_vision_tower=True, seed=0)
-    refseg = copy.deepcopy(grand)
-    generator = torch.Generator().manual_seed(11)
+    # fp32 storage here so the recovered delta is exact; real releases are bf16 (tested above).
+    # head_scale 0: only the q/v LoRA differs, so the adapter alone must turn GranD into RefSeg.
+    grand, refseg = glamm_release_pair(dict(GlammLike(with_vision_tower=True, seed=0).state_dict()), rank=rank,
+                                       alpha=alpha, head_scale=0.0, seed=11)
     modules = language_model_qv_modules(LAYERS)
-    for layer in refseg.model.layers:
-        for proj in (layer.self_attn.q_proj, layer.self_attn.v_proj):
-            lora_b = torch.randn(proj.out_features, rank, generator=generator) * 0.2
-            lora_a = torch.randn(rank, proj.in_features, generator=generator) * 0.2
-            proj.weight.data += (alpha / rank) * lora_b @ lora_a
-    refseg.model.grounding_encoder.mask_decoder.iou_token.weight.data += 1.0  # full-rank change elsewhere
-    # fp32 storage here so the recovered delta is exact; real releases are bf16 (see the report).
-    base_dir = write_glamm(tmp_path / "grand", dict(grand.state_dict()), shards=2)
-    tuned_dir = write_glamm(tmp_path / "refseg", dict(refseg.state_dict()), shards=3)
+    base_dir = write_glamm(tmp_path / "grand", grand, shards=2)
+    tuned_dir = write_glamm(tmp_path / "refseg", refseg, shards=3)
+    generator = torch.Generator().manual_seed(11)
 
     state, reports = extract_adapter(
         mapped(tuned_dir, MappingReport(), "refseg"), mapped(base_dir, MappingReport(), "grand"),

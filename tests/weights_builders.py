@@ -7,8 +7,8 @@ by code independent of ``ppcr.weights``, from tiny random instances of the real 
 
 from __future__ import annotations
 
-import copy
 import json
+import re
 from functools import partial
 from pathlib import Path
 
@@ -197,23 +197,36 @@ def write_glamm(directory: Path, state: dict[str, torch.Tensor], shards: int = 3
     return directory
 
 
-def refseg_from(grand: nn.Module, *, rank: int = 8, alpha: int = 16, head_scale: float = 1.0, seed: int = 21):
-    """A RefSeg-like copy of a GranD-like model: GranD + rank-``rank`` q/v deltas (scaled by
-    alpha/rank, as a merged LoRA) + full changes of the parts GLaMM trains (mask decoder,
-    text_hidden_fcs, embed_tokens, lm_head), the latter of size ``head_scale``."""
-    refseg = copy.deepcopy(grand)
+# GLaMM's RefSeg fine-tuning (train_ft.py --pretrained; glamm.md §3): a LoRA on the LLM's q/v
+# projections, and these parts trained in full. Everything else stays frozen. Written out here,
+# independently of ppcr.weights.
+GLAMM_LORA_KEY = re.compile(r"(?:base_model\.model\.)?model\.layers\.\d+\.self_attn\.(?:q_proj|v_proj)\.weight")
+GLAMM_FULLY_TRAINED = ("lm_head", "embed_tokens", "mask_decoder", "text_hidden_fcs", "region_encoder")
+
+
+def glamm_release_pair(
+    grand: dict[str, torch.Tensor], *, rank: int = 8, alpha: int = 16, head_scale: float = 1.0, seed: int = 21
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(GranD, RefSeg) state dicts: RefSeg fine-tuned from ``grand`` as GLaMM did it.
+
+    ``grand`` is GranD as released (``released_state_dict()``: LLM bf16, SAM and heads fp32). Each
+    q/v matrix gets a rank-``rank`` LoRA merged the way GLaMM merged it, into the already stored
+    weight: ``(W.float() + (alpha/rank)·B@A).to(W.dtype)``, i.e. ``(W_bf16.float() + Δ).bfloat16()``;
+    the fully trained parts get a full-rank change of size ``head_scale``, stored back in their
+    dtype; every frozen tensor is copied unchanged (bit-identical).
+    """
     generator = torch.Generator().manual_seed(seed)
+    refseg = {}
     with torch.no_grad():
-        for layer in refseg.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.v_proj):
-                lora_b = torch.randn(proj.out_features, rank, generator=generator) * 0.2
-                lora_a = torch.randn(rank, proj.in_features, generator=generator) * 0.2
-                proj.weight += (alpha / rank) * lora_b @ lora_a
-        for param in (
-            *refseg.model.grounding_encoder.mask_decoder.parameters(),
-            *refseg.model.text_hidden_fcs.parameters(),
-            refseg.model.embed_tokens.weight,
-            refseg.lm_head.weight,
-        ):
-            param += torch.randn(param.shape, generator=generator) * head_scale
-    return refseg
+        for key, weight in grand.items():
+            if GLAMM_LORA_KEY.fullmatch(key):
+                lora_b = torch.randn(weight.shape[0], rank, generator=generator) * 0.2
+                lora_a = torch.randn(rank, weight.shape[1], generator=generator) * 0.2
+                change = (alpha / rank) * lora_b @ lora_a
+            elif any(part in key for part in GLAMM_FULLY_TRAINED):
+                change = torch.randn(weight.shape, generator=generator) * head_scale
+            else:
+                refseg[key] = weight.clone()
+                continue
+            refseg[key] = (weight.float() + change).to(weight.dtype)
+    return grand, refseg

@@ -125,7 +125,7 @@ EVAL_SEMANTIC_ANSWER = SEMANTIC_ANSWERS[0]
 EVAL_SPATIAL_QUESTIONS: dict[str, str] = {variant: qs[0] for variant, qs in SPATIAL_QUESTIONS.items()}
 EVAL_SPATIAL_ANSWER = SPATIAL_ANSWERS[0]
 
-_RESERVED = (SEG_TOKEN, BOX_TOKEN, SEM_TOKEN, IMAGE_TOKEN)
+RESERVED_TOKENS = (SEG_TOKEN, BOX_TOKEN, SEM_TOKEN, IMAGE_TOKEN)
 
 
 def normalise_expression(expression: str) -> str:
@@ -136,7 +136,7 @@ def normalise_expression(expression: str) -> str:
     relies on, so such substrings are deleted.
     """
     text = expression.strip().lower()
-    for token in _RESERVED:
+    for token in RESERVED_TOKENS:
         text = text.replace(token.lower(), " ")
     text = " ".join(text.split())
     if not text:
@@ -180,6 +180,47 @@ def spatial_turn(variant: str, expression: str, rng: random.Random | None = None
 LLAVA_USER_PREFIX = f"USER: {IMAGE_TOKEN}\n"
 LLAVA_ASSISTANT = " ASSISTANT:"
 
+# The image wrappers GLaMM's LLM was trained with (its ``mm_use_im_start_end``).
+IMAGE_START_TOKEN = "<im_start>"
+IMAGE_END_TOKEN = "<im_end>"
+
+# llava-hf's conversation puts the bare image placeholder on its own line before the question.
+LLAVA_HF_IMAGE_TEXT = f"{IMAGE_TOKEN}\n"
+# LLaVA's ``conv_llava_v1`` system prompt, which GLaMM's fine-tuning, evaluation and demo use
+# (groundingLMM ``model/llava/conversation.py``; ``--conv_type llava_v1`` is GLaMM's default).
+LLAVA_V1_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+# GLaMM's ``begin_str``, put before the first question of every conversation
+# (groundingLMM ``dataset/segm_datasets/RefCOCO_Segm_ds.py``, ``app.py``).
+GLAMM_IMAGE_TEXT = f"The {IMAGE_TOKEN} provides an overview of the picture.\n"
+# conv_llava_v1's separator after the system prompt and between a turn's question and answer.
+LLAVA_V1_SEP = " "
+
+
+def conversation(
+    question: str,
+    answer: str | None = None,
+    *,
+    system: str = "",
+    image_text: str = LLAVA_HF_IMAGE_TEXT,
+    image_start_end: bool = False,
+) -> str:
+    """One LLaVA-1.5 (``conv_llava_v1``) turn: ``"[{system} ]USER: {image_text}{question} ASSISTANT:[ {answer}]"``.
+
+    ``image_text`` carries the ``<image>`` placeholder, wrapped as ``<im_start><image><im_end>``
+    with ``image_start_end``. The defaults give llava-hf's prompt (no system prompt, a bare
+    ``<image>`` line); GLaMM's is ``system=LLAVA_V1_SYSTEM, image_text=GLAMM_IMAGE_TEXT,
+    image_start_end=True``. The turn's closing separator (``</s>``) is not written: the caller
+    appends the tokenizer's EOS id, which is what ``</s>`` tokenises to.
+    """
+    image = f"{IMAGE_START_TOKEN}{IMAGE_TOKEN}{IMAGE_END_TOKEN}" if image_start_end else IMAGE_TOKEN
+    user = image_text.replace(IMAGE_TOKEN, image, 1)
+    head = f"{system}{LLAVA_V1_SEP}" if system else ""
+    prompt = f"{head}USER: {user}{question}{LLAVA_ASSISTANT}"
+    return prompt if answer is None else f"{prompt}{LLAVA_V1_SEP}{answer}"
+
 
 def llava_prompt(question: str, answer: str | None = None) -> str:
     """One LLaVA-1.5 turn as llava-hf expects it: ``"USER: <image>\\n{question} ASSISTANT: {answer}"``.
@@ -191,5 +232,4 @@ def llava_prompt(question: str, answer: str | None = None) -> str:
     token). No system prompt and no ``</s>``: the caller appends the tokenizer's EOS id if the
     answer should be terminated.
     """
-    prompt = f"{LLAVA_USER_PREFIX}{question}{LLAVA_ASSISTANT}"
-    return prompt if answer is None else f"{prompt} {answer}"
+    return conversation(question, answer)

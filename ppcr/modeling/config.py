@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ppcr.config.schema import ModelSpec
+from ppcr.data import templates
 from ppcr.errors import CheckpointError, RecipeError
 
 CONFIG_NAME = "config.json"
 FORMAT_NAME = "ppcr-checkpoint"
 FORMAT_VERSION = 1
-IMAGE_START_TOKEN = "<im_start>"
-IMAGE_END_TOKEN = "<im_end>"
+IMAGE_START_TOKEN = templates.IMAGE_START_TOKEN
+IMAGE_END_TOKEN = templates.IMAGE_END_TOKEN
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,49 @@ class TokenIds:
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """How prompts write the image placeholder; fixed by the weights, so stored with them.
+    """How every prompt is written around its question; fixed by the weights, so stored with them.
 
-    ``image_start_end``: wrap it as ``<im_start><image><im_end>``, the sequence GLaMM's LLM was
-    trained on (its ``mm_use_im_start_end``, reference/glamm.md §1.6), for models initialised
-    from GLaMM; False (llava-hf, the default): a bare ``<image>``.
+    An LLM answers best in the conversation format it was trained on. The defaults are llava-hf's
+    LLaVA-1.5 turn (``USER: <image>\\n{question} ASSISTANT: {answer}``), used for llava-hf weights,
+    tiny models and every checkpoint written before these fields existed. :data:`GLAMM_PROMPT` is
+    the sequence GLaMM was trained and evaluated with: the ``conv_llava_v1`` system prompt, then
+    ``The <im_start><image><im_end> provides an overview of the picture.\\n`` before the question.
+
+    ``image_start_end``: wrap the image as ``<im_start><image><im_end>`` (GLaMM's
+    ``mm_use_im_start_end``); ``system``: the system prompt, followed by one space (empty: none);
+    ``image_text``: the text before the question that carries the single ``<image>`` placeholder.
     """
 
     image_start_end: bool = False
+    system: str = ""
+    image_text: str = templates.LLAVA_HF_IMAGE_TEXT
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_start_end, bool):
             raise TypeError(f"prompt.image_start_end must be true or false, not {self.image_start_end!r}")
+        for name in ("system", "image_text"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"prompt.{name} must be a string, not {getattr(self, name)!r}")
+        if self.image_text.count(templates.IMAGE_TOKEN) != 1:
+            raise TypeError(f"prompt.image_text must contain {templates.IMAGE_TOKEN} once, not {self.image_text!r}")
+        # One <image> and no [SEG]/[BOX]/<sem>: the model finds its slots by these tokens.
+        texts = {"system": self.system, "image_text": self.image_text.replace(templates.IMAGE_TOKEN, "", 1)}
+        for name, text in texts.items():
+            reserved = [t for t in templates.RESERVED_TOKENS if t in text]
+            if reserved:
+                raise TypeError(f"prompt.{name} must not contain the model token {reserved[0]}")
+
+    def conversation(self, question: str, answer: str | None = None) -> str:
+        """One turn in this format (see :func:`ppcr.data.templates.conversation`)."""
+        return templates.conversation(
+            question, answer, system=self.system, image_text=self.image_text, image_start_end=self.image_start_end
+        )
+
+
+LLAVA_HF_PROMPT = PromptFormat()
+GLAMM_PROMPT = PromptFormat(
+    image_start_end=True, system=templates.LLAVA_V1_SYSTEM, image_text=templates.GLAMM_IMAGE_TEXT
+)
 
 
 RELATIVE_PREFIXES = ("./", "../")

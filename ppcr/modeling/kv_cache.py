@@ -1,7 +1,7 @@
 """The KV-cache keyword of a transformers decoder's forward, whatever the installed version.
 
 transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name now warns and goes in
-5.40, in arguments and in outputs). PPCR supports ``transformers>=4.52,<6``, so the name is read
+5.40, in arguments and in outputs). PPCR supports ``transformers>=5,<6``, so the name is read
 from the model's signature rather than assumed.
 """
 

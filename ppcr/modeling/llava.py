@@ -9,7 +9,7 @@ Three ways in, one class out:
 - :func:`load_llava` reads a hub id or a ``save_pretrained`` directory, strictly (a missing or
   unexpected weight is a :class:`~ppcr.errors.CheckpointError`, not a warning).
 
-Module layout in transformers >= 4.52 / 5.x: ``model.vision_tower``, ``model.multi_modal_projector``,
+Module layout in transformers 5 (the declared range): ``model.vision_tower``, ``model.multi_modal_projector``,
 ``model.language_model`` (a ``LlamaModel``) and ``lm_head``.
 """
 

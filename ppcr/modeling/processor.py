@@ -9,8 +9,10 @@ Tokenisation: the whole conversation is tokenised once (``<image>`` is an added 
 text before it is always tokenised the same way and every prompt of an image shares the same
 prefix ids), the single ``<image>`` id is expanded to the image-token count, BOS is prepended,
 EOS appended. Labels are -100 except on the answer tokens and EOS. Sequences are right-padded.
-A checkpoint whose prompt format says ``image_start_end`` (initialised from GLaMM) gets the image
-wrapped as ``<im_start><image><im_end>``, the sequence its LLM was trained on.
+The conversation around the question follows the model's
+:class:`~ppcr.modeling.config.PromptFormat` (stored in its checkpoint): llava-hf's turn by default,
+GLaMM's system prompt and ``The <im_start><image><im_end> provides an overview of the picture.``
+for a model initialised from GLaMM, the sequence its LLM was trained on.
 Images are read once and prepared for both vision branches (``ClipPreprocess``, ``SamTransform``).
 """
 
@@ -29,7 +31,7 @@ from ppcr.data.preprocess import ClipPreprocess, SamTransform
 from ppcr.errors import DataError
 from ppcr.images import ImageSource, load_image
 from ppcr.modeling.batch import ImageInputs, PPCRBatch, StageInputs, TextInputs
-from ppcr.modeling.config import IMAGE_END_TOKEN, IMAGE_START_TOKEN, TokenIds
+from ppcr.modeling.config import IMAGE_END_TOKEN, IMAGE_START_TOKEN, PromptFormat, TokenIds
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -69,12 +71,12 @@ class PPCRProcessor:
         sam_size: int,
         clip_pad_to_square: bool = True,
         max_length: int = 512,
-        image_start_end: bool = False,
+        prompt: PromptFormat = PromptFormat(),
     ):
         self.tokenizer = tokenizer
         self.token_ids = token_ids
-        self.image_start_end = bool(image_start_end)
-        if self.image_start_end:
+        self.prompt = prompt
+        if prompt.image_start_end:
             _require_single_tokens(tokenizer, (IMAGE_START_TOKEN, IMAGE_END_TOKEN))
         self.spatial_prompt = spatial_prompt
         self.image_seq_length = int(image_seq_length)
@@ -98,24 +100,20 @@ class PPCRProcessor:
             sam_size=model.sam_image_size,
             clip_pad_to_square=model.spec.clip_pad_to_square,
             max_length=model.spec.max_length,
-            image_start_end=prompt_format(model).image_start_end,
+            prompt=prompt_format(model),
         )
 
     # ------------------------------------------------------------------ text
 
-    def _conversation(self, question: str, answer: str | None = None) -> str:
-        """The LLaVA-1.5 turn, with the image wrapped as ``<im_start><image><im_end>`` if asked."""
-        text = templates.llava_prompt(question, answer)
-        if self.image_start_end:
-            wrapped = f"{IMAGE_START_TOKEN}{templates.IMAGE_TOKEN}{IMAGE_END_TOKEN}"
-            text = text.replace(templates.IMAGE_TOKEN, wrapped, 1)
-        return text
+    def conversation(self, question: str, answer: str | None = None) -> str:
+        """The text of one turn in the model's prompt format (before tokenisation)."""
+        return self.prompt.conversation(question, answer)
 
     def _encode_turn(self, question: str, answer: str) -> tuple[list[int], list[int]]:
         """(input_ids, labels) of one conversation, ``<image>`` expanded, BOS/EOS added."""
         tok = self.tokenizer
-        prompt_ids = tok(self._conversation(question), add_special_tokens=False).input_ids
-        full_ids = tok(self._conversation(question, answer), add_special_tokens=False).input_ids
+        prompt_ids = tok(self.conversation(question), add_special_tokens=False).input_ids
+        full_ids = tok(self.conversation(question, answer), add_special_tokens=False).input_ids
         shared = 0
         while shared < min(len(prompt_ids), len(full_ids)) and prompt_ids[shared] == full_ids[shared]:
             shared += 1

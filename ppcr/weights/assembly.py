@@ -11,7 +11,9 @@ has semantic_proj.0.* / semantic_proj.2.*>}``; these functions fill them and ret
   prompt encoders), CLIP comes from the ``clip`` source (GLaMM's release has no vision tower),
   GLaMM-RefSeg gives the mask decoder, ``semantic_proj`` (its ``text_hidden_fcs``) and the
   ``embed_tokens``/``lm_head`` matrices, and the ``semantic`` adapter is the rank-``r`` SVD of
-  RefSeg − GranD on every LLM q_proj/v_proj, written in peft's layout.
+  RefSeg − GranD on every LLM q_proj/v_proj, written in peft's layout. That SVD is RefSeg's LoRA
+  only if GranD is RefSeg's parent, so the same pass requires every tensor GLaMM's fine-tuning
+  kept frozen to be identical in both (:mod:`ppcr.weights.parent_check`) and refuses otherwise.
 
 Each recipe first *plans*: it maps every key name (reading no tensor data) and refuses, in seconds,
 a wrong layout or a parameter no source would provide. Then each checkpoint is streamed shard by
@@ -104,6 +106,7 @@ def load_glamm(
     """
     from ppcr.weights.adapter_files import save_peft_adapter
     from ppcr.weights.lora_svd import LORA_TARGET_REGEX, extract_adapter
+    from ppcr.weights.parent_check import CHILD, PARENT, ParentCheck
     from ppcr.weights.token_rows import read_added_tokens
 
     llava = modules["llava"]
@@ -128,19 +131,25 @@ def load_glamm(
     report, held, resolved = load_sources(modules, sources, expected, hold=TOKEN_ROW_TARGETS, strict=strict)
 
     # The adapter: both checkpoints streamed once more, side by side, keeping only q/v pairs
-    # (and, if asked for, GranD's token matrices on the way).
+    # (and, if asked for, GranD's token matrices on the way), and checking that GranD is
+    # RefSeg's parent (a difference stops the stream at once).
     targets = [name for name, _ in llava.named_modules() if re.fullmatch(LORA_TARGET_REGEX, name)]
     grand_rows: dict[str, torch.Tensor] = {}
     keep = TOKEN_ROW_TARGETS if base_rows_from == "grand" else ()
+    parent = ParentCheck(grand, refseg)
     state, svd_reports = extract_adapter(
-        _renamed(resolved["refseg"], "refseg"),
-        _renamed(resolved["grand"], "grand", siphon=grand_rows, siphon_targets=keep),
+        _renamed(resolved["refseg"], "refseg", watch=lambda stream: parent.watch(stream, CHILD)),
+        _renamed(
+            resolved["grand"], "grand", siphon=grand_rows, siphon_targets=keep,
+            watch=lambda stream: parent.watch(stream, PARENT),
+        ),
         targets,
         rank,
         alpha,
         method=svd_method,
         device=device,
     )
+    lineage = parent.finish()
     save_peft_adapter(
         adapter_dir, state, rank=rank, alpha=alpha, dropout=dropout, base_model_name_or_path=str(grand)
     )
@@ -155,6 +164,7 @@ def load_glamm(
         mapping=report,
         tokens=tokens,
         adapters={"semantic": svd_reports},
+        parent_check=lineage,
         sources={
             "grand": str(grand),
             "refseg": str(refseg),
@@ -181,28 +191,37 @@ def load_sources(
     from ppcr.weights.loading import copy_components
 
     resolved = {source.label: resolve_checkpoint(source.location) for source in sources}
+    # Targets spelled as the modules being filled spell them (transformers-version differences).
+    mappings = {source.label: source.mapping.onto(expected) for source in sources}
     planned = MappingReport()
     for source in sources:
         keys = checkpoint_keys(resolved[source.label])
         check_layout(keys, source.mapping, str(source.location), KNOWN_LAYOUTS)
         for key in keys:
-            planned.record(source.label, key, decide(source.mapping, key, source.label, source.take))
+            planned.record(source.label, key, decide(mappings[source.label], key, source.label, source.take))
     missing = planned.expect(expected)
     if strict and missing:
-        hint = "pass the CLIP checkpoint (--clip)" if missing[0].startswith("model.vision_tower.") else None
         raise CheckpointError(
             f"{len(missing)} parameters would come from no source, e.g. {missing[0]}",
-            hint=hint or "check that the sources match the model configuration",
+            hint=_missing_hint(missing, planned),
         )
 
     report = MappingReport()
     held: dict[str, torch.Tensor] = {}
     for source in sources:
         tensors = iter_tensors(resolved[source.label])
-        stream = map_tensors(tensors, source.mapping, report, source.label, source.take)
+        stream = map_tensors(tensors, mappings[source.label], report, source.label, source.take)
         copy_components(modules, _holding(stream, hold, held))
     report.expect(expected)
     return report, held, resolved
+
+
+def _missing_hint(missing: Sequence[str], planned: MappingReport) -> str:
+    """What to do about parameters no source provides: pass CLIP only if no source has a tower."""
+    tower = "model.vision_tower."
+    if missing[0].startswith(tower) and not any(t.startswith(tower) for t in planned.targets()):
+        return "pass the CLIP checkpoint (--clip)"
+    return "check that the sources match the model configuration"
 
 
 def _holding(
@@ -220,11 +239,17 @@ def _renamed(
     label: str,
     siphon: dict[str, torch.Tensor] | None = None,
     siphon_targets: Collection[str] = (),
+    watch: Callable[[Iterator[tuple[str, torch.Tensor]]], Iterator[tuple[str, torch.Tensor]]] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """The LLM tensors of a GLaMM checkpoint under their target names (the report is a scratch one)."""
-    for decision, tensor in map_tensors(iter_tensors(checkpoint), GLAMM, MappingReport(), label):
-        if decision.component != "llava":
-            continue
+    """The kept tensors of a GLaMM checkpoint under their target names (the report is a scratch one).
+
+    ``watch`` sees the raw stream (GLaMM's names) first. Every kept tensor is yielded, not only the
+    LLM's, so two such streams read side by side stay at the same place in their checkpoints.
+    """
+    stream = iter_tensors(checkpoint)
+    if watch is not None:
+        stream = watch(stream)
+    for decision, tensor in map_tensors(stream, GLAMM, MappingReport(), label):
         if siphon is not None and decision.target in siphon_targets:
             siphon[decision.target] = tensor
         yield decision.target, tensor

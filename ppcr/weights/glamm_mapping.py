@@ -24,11 +24,15 @@ tokenizer (``<image>`` 32000, ``<pad>`` 32001) plus its own added tokens, so GLa
 carry over: ``<im_start>`` is 32000 in GLaMM but 32000 is ``<image>`` in llava-hf. The rows are
 therefore moved by token *string* (:mod:`ppcr.weights.token_rows`). When initialising from GLaMM,
 PPCR's tokenizer must contain ``<im_start>`` and ``<im_end>`` (:data:`GLAMM_CARRIED_TOKENS`) and its
-prompt builder must wrap the image as ``<im_start><image><im_end>`` so the LLM sees the sequence it
-was trained on; from plain llava-hf weights no wrapping is used. (Decision recorded in the report.)
+prompt builder must write GLaMM's whole conversation (``ppcr.modeling.config.GLAMM_PROMPT``: the
+llava_v1 system prompt, the image wrapped as ``<im_start><image><im_end>`` inside that sentence) so
+the LLM sees the sequence it was trained on; from plain llava-hf weights llava-hf's prompt is used.
+(Decision recorded in the report.)
 """
 
 from __future__ import annotations
+
+import re
 
 from ppcr.weights.key_mapping import KeyMapping, MappedKey, Rule
 
@@ -93,6 +97,20 @@ GLAMM_CARRIED_TOKENS: tuple[str, ...] = ("[SEG]", "<im_start>", "<im_end>")
 
 # The parameters that hold one row per token and so need remapping to PPCR's token ids.
 TOKEN_ROW_TARGETS: tuple[str, ...] = ("model.language_model.embed_tokens.weight", "lm_head.weight")
+
+
+# What GLaMM's RefSeg fine-tuning trained (groundingLMM ``train_ft.py --pretrained``): a LoRA on the
+# LLM layers' q_proj/v_proj (merged into those weights on release) and, in full, every parameter
+# whose name contains one of GLAMM_FULLY_TRAINED (``set_trainable_modules``). Everything else
+# (k/o projections, MLPs, norms, mm_projector, SAM's image and prompt encoders, a vision tower)
+# was frozen, so it is bit-identical in GLaMM-GranD-Pretrained and every model fine-tuned from it.
+GLAMM_LORA_WEIGHT = re.compile(_P + r"model\.layers\.\d+\.self_attn\.(?:q_proj|v_proj)\.weight")
+GLAMM_FULLY_TRAINED: tuple[str, ...] = ("lm_head", "embed_tokens", "mask_decoder", "text_hidden_fcs", "region_encoder")
+
+
+def kept_frozen(key: str) -> bool:
+    """Whether GLaMM's RefSeg fine-tuning left the tensor ``key`` (GLaMM's name) unchanged."""
+    return not GLAMM_LORA_WEIGHT.fullmatch(key) and not any(part in key for part in GLAMM_FULLY_TRAINED)
 
 
 def map_key(key: str) -> MappedKey | None:

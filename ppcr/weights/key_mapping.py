@@ -14,12 +14,18 @@ Targets are the in-memory ``state_dict`` names of the module each component is l
 - ``sam``: segment-anything's ``Sam`` (``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``);
 - ``semantic_proj``: PPCR's semantic prompt head, an ``nn.Sequential`` Linear-ReLU-Linear whose
   parameters are ``semantic_proj.0.*`` and ``semantic_proj.2.*``.
+
+The rule tables write the transformers 5 names. :meth:`KeyMapping.onto` respells them as the
+module actually being filled names its parameters (its own ``state_dict()``), so a name that
+differs between transformers versions, such as the ``vision_model.`` level older
+``CLIPVisionModel`` s had inside the vision tower, is taken from the skeleton, not assumed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,6 +37,19 @@ if TYPE_CHECKING:
     from ppcr.weights.report import MappingReport
 
 COMPONENTS = ("llava", "sam", "semantic_proj")
+
+# Spellings of one parameter that differ between transformers versions: (pattern, canonical
+# replacement). transformers < 5 nests CLIP's modules under ``vision_model.`` in the LLaVA tower.
+_SPELLINGS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^model\.vision_tower\.vision_model\."), "model.vision_tower."),
+)
+
+
+def canonical_name(name: str) -> str:
+    """``name`` in the spelling the rule tables use (transformers 5)."""
+    for pattern, replacement in _SPELLINGS:
+        name = pattern.sub(replacement, name)
+    return name
 
 
 @dataclass(frozen=True)
@@ -78,10 +97,16 @@ class KeyMapping:
     name: str
     rules: tuple[Rule, ...]
     anchors: tuple[str, ...]
+    spelled: dict[str, str] | None = field(default=None, repr=False, compare=False)
     _compiled: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_compiled", tuple(re.compile(rule.pattern) for rule in self.rules))
+
+    def onto(self, names: Collection[str]) -> KeyMapping:
+        """This table with its targets spelled as in ``names`` (the target modules' own
+        ``state_dict()`` names) wherever the two spellings are the same parameter."""
+        return dataclasses.replace(self, spelled={canonical_name(name): name for name in names})
 
     def map_key(self, key: str) -> MappedKey | None:
         """Apply the first matching rule; None when no rule matches (an unknown key)."""
@@ -90,6 +115,8 @@ class KeyMapping:
             if match is None:
                 continue
             target = None if rule.target is None else match.expand(rule.target)
+            if target is not None and self.spelled is not None:
+                target = self.spelled.get(canonical_name(target), target)
             return MappedKey(source=key, target=target, component=rule.component, reason=rule.reason)
         return None
 

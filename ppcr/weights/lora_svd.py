@@ -35,6 +35,9 @@ Method = Literal["auto", "exact", "lowrank"]
 
 LORA_TARGET_REGEX = r".*language_model.*\.(q_proj|v_proj)"
 EXACT_UP_TO = 1024  # "auto" uses a full SVD up to this many rows/columns, randomized beyond
+# Above this median relative error the adapter misses more than half of a typical matrix's
+# difference: the two checkpoints are not a rank-r LoRA apart (another rank, or not a LoRA).
+UNTRUSTED_MEDIAN_ERROR = 0.5
 _OVERSAMPLE = 16
 _POWER_ITERATIONS = 6
 
@@ -234,7 +237,7 @@ def _alternate(
 
 
 def summarize(reports: Sequence[SvdReport]) -> dict[str, Any]:
-    """Worst (and which matrix), median and mean relative error and the lowest captured energy."""
+    """Worst (and which matrix), median and mean relative error, lowest and median captured energy."""
     if not reports:
         return {"matrices": 0}
     errors = [r.relative_error for r in reports]
@@ -246,4 +249,18 @@ def summarize(reports: Sequence[SvdReport]) -> dict[str, Any]:
         "median_relative_error": statistics.median(errors),
         "mean_relative_error": math.fsum(errors) / len(errors),
         "min_energy": min(r.energy for r in reports),
+        "median_energy": statistics.median(r.energy for r in reports),
     }
+
+
+def untrusted_warning(name: str, reports: Sequence[SvdReport]) -> str | None:
+    """A one-line warning when the median relative error exceeds :data:`UNTRUSTED_MEDIAN_ERROR`."""
+    summary = summarize(reports)
+    if not summary["matrices"] or summary["median_relative_error"] <= UNTRUSTED_MEDIAN_ERROR:
+        return None
+    return (
+        f"WARNING: the {name} adapter's median relative error is {summary['median_relative_error']:.2f} "
+        f"(> {UNTRUSTED_MEDIAN_ERROR}; median captured energy {summary['median_energy']:.2f}): the two "
+        f"checkpoints are not a rank-{reports[0].rank} LoRA apart, so the adapter reproduces the tuned "
+        "model poorly; per-matrix errors are in conversion_report.json"
+    )

@@ -10,11 +10,15 @@ Two recipes, both ending in a directory that ``PPCRModel.from_pretrained`` (and 
 - ``glamm`` (the paper's initialisation): GLaMM-GranD-Pretrained is the frozen base, CLIP comes
   from ``--clip``, RefSeg gives the mask decoder, ``semantic_proj`` (``text_hidden_fcs``) and the
   added-token rows, the ``semantic`` adapter is the rank-r SVD of RefSeg − GranD on every LLM
-  q/v matrix (error per matrix in the report), the ``spatial`` adapter starts fresh, and the
-  region encoder is dropped. GLaMM's layout is not loadable by transformers, so the converted
-  base is *stored* in the checkpoint (``base/llava``, ``base/sam.safetensors``). The prompt
-  format wraps the image as ``<im_start><image><im_end>`` (``config.json`` ``prompt``), and CLIP
-  images are centre-cropped (``model.clip_pad_to_square=false``), as GLaMM was trained.
+  q/v matrix (error and captured energy per matrix in the report, a ``WARNING`` note when the
+  median error is above 0.5), provided GranD is RefSeg's parent: every tensor GLaMM's fine-tuning
+  kept frozen must be identical in both, or the conversion is refused
+  (:mod:`ppcr.weights.parent_check`). The ``spatial`` adapter starts fresh, and the region
+  encoder is dropped. GLaMM's layout is not loadable by transformers, so the converted base is
+  *stored* in the checkpoint (``base/llava``, ``base/sam.safetensors``). The prompt
+  format (``config.json`` ``prompt``) is GLaMM's: the llava_v1 system prompt, then
+  ``The <im_start><image><im_end> provides an overview of the picture.\\n`` before the question,
+  and CLIP images are centre-cropped (``model.clip_pad_to_square=false``), as GLaMM was trained.
 
 Tokenizer. PPCR's tokenizer is llava-hf's (``<image>`` 32000, ``<pad>`` 32001) plus ``[SEG]``,
 ``[BOX]``, ``<sem>`` (and, from GLaMM, ``<im_start>``/``<im_end>``): transformers' LLaVA needs an
@@ -40,7 +44,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
@@ -96,9 +100,10 @@ class PrepareWeightsResult:
             "table": mapping.table(),
             "unmapped": [f"{r.source}:{r.key}" for r in mapping.unmapped],
             "missing": list(mapping.missing),
-            "adapters": self.adapter_summaries(),
+            "adapters": self.report.adapters_dict(),
+            "parent_check": self.report.parent_check,
             "tokens": self.report.tokens.to_dict() if self.report.tokens is not None else None,
-            "prompt": {"image_start_end": self.config.prompt.image_start_end},
+            "prompt": asdict(self.config.prompt),
             "base": {"kind": self.config.base.kind, "llava": self.config.base.llava, "sam": self.config.base.sam},
             "notes": list(self.notes),
         }
@@ -188,7 +193,7 @@ def prepare_weights(
     from ppcr.io import atomic_directory
     from ppcr.modeling.adapters import SEMANTIC, AdapterSet
     from ppcr.modeling.checkpoint import save_checkpoint
-    from ppcr.modeling.config import BaseWeights, PPCRConfig, PromptFormat
+    from ppcr.modeling.config import GLAMM_PROMPT, BaseWeights, PPCRConfig
     from ppcr.modeling.heads import SemanticProjection
     from ppcr.modeling.llava import build_llava
     from ppcr.modeling.model import PPCRModel
@@ -253,7 +258,7 @@ def prepare_weights(
             with torch.no_grad():
                 model.semantic_proj.load_state_dict(holder.semantic_proj.state_dict(), strict=True)
             AdapterSet(model.llm, (SEMANTIC,)).load(staging / SVD_SCRATCH)
-            model.prompt_format = PromptFormat(image_start_end=True)
+            model.prompt_format = GLAMM_PROMPT
         notes += _token_notes(report)
         if report.mapping.unmapped:
             notes.append(
@@ -406,17 +411,25 @@ def _semantic_proj_holder(head: nn.Module) -> nn.Module:
 
 
 def _glamm_notes(report: ConversionReport, base: str | Path, tokenizer_source: str | Path, seed: int) -> list[str]:
+    from ppcr.weights.lora_svd import untrusted_warning
+
     dropped = len({r.key for r in report.mapping.dropped if r.component == "region_encoder"})
+    identical = (report.parent_check or {}).get("frozen_tensors_identical", 0)
     notes = [
         (
-            "prompts wrap the image as <im_start><image><im_end> (GLaMM's mm_use_im_start_end); "
-            "config.json prompt.image_start_end=true"
+            f"GranD is RefSeg's parent: all {identical} tensors GLaMM's fine-tuning keeps frozen are identical "
+            "in both, so RefSeg − GranD is RefSeg's fine-tuning"
+        ),
+        (
+            "prompts are GLaMM's: the llava_v1 system prompt, then 'The <im_start><image><im_end> provides "
+            "an overview of the picture.' before the question (config.json prompt)"
         ),
         "CLIP images are centre-cropped as in GLaMM (model.clip_pad_to_square=false)",
         f"GLaMM's region encoder ({dropped} tensors) is dropped: PPCR has no region inputs",
         f"the spatial adapter, sem_to_input and the box head start fresh (seed {seed})",
         _tokenizer_model_check(base, tokenizer_source),
     ]
+    notes += [w for name, reports in report.adapters.items() if (w := untrusted_warning(name, reports))]
     return notes
 
 

@@ -150,7 +150,9 @@ class ConversionReport:
     """The whole record of one ``ppcr prepare weights`` run, saved as ``conversion_report.json``.
 
     ``notes`` are the decisions a reader must know about (prompt format, what was left fresh,
-    arguments that were not used), one sentence each.
+    arguments that were not used), one sentence each. ``parent_check``: for ``--from glamm``, how
+    many frozen tensors were found identical in GranD and RefSeg
+    (:mod:`ppcr.weights.parent_check`); None otherwise.
     """
 
     mapping: MappingReport
@@ -158,10 +160,9 @@ class ConversionReport:
     adapters: dict[str, list[SvdReport]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    parent_check: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        from ppcr.weights.lora_svd import summarize
-
         out: dict[str, Any] = {
             "sources": dict(self.sources),
             "notes": list(self.notes),
@@ -169,11 +170,19 @@ class ConversionReport:
         }
         if self.tokens is not None:
             out["tokens"] = self.tokens.to_dict()
-        out["adapters"] = {
+        out["adapters"] = self.adapters_dict()
+        if self.parent_check is not None:
+            out["parent_check"] = dict(self.parent_check)
+        return out
+
+    def adapters_dict(self) -> dict[str, Any]:
+        """Per extracted adapter: the summary and, per matrix, the relative error and captured energy."""
+        from ppcr.weights.lora_svd import summarize
+
+        return {
             name: {**summarize(reports), "per_matrix": [r.to_dict() for r in reports]}
             for name, reports in self.adapters.items()
         }
-        return out
 
     def save(self, path: str | Path) -> Path:
         """Write the report as JSON atomically."""
