@@ -172,31 +172,32 @@ def overlay(
     gt_mask: np.ndarray | None = None,
     gt_box: tuple[float, float, float, float] | np.ndarray | None = None,
     alpha: float = 0.5,
+    color: tuple[int, int, int] = PRED_COLOR,
 ) -> Image.Image:
     """Draw a prediction over ``image`` for a human to check.
 
-    The predicted mask is tinted red (``alpha`` blend) and its box outlined in red; the ground
-    truth is drawn as outlines only (green mask contour, green box) so both stay readable where
-    they overlap. Masks must be H×W like the image; boxes are pixel ``(x1, y1, x2, y2)`` in the
-    image's frame (corners in any order).
+    The predicted mask is tinted ``color`` (red by default; ``alpha`` blend) and its box outlined
+    in it; the ground truth is drawn as outlines only (green mask contour, green box) so both
+    stay readable where they overlap. Masks must be H×W like the image; boxes are pixel
+    ``(x1, y1, x2, y2)`` in the image's frame (corners in any order).
     """
     base = load_image(image).copy()
     width, height = base.size
     pixels = np.asarray(base, dtype=np.float32)
     if mask is not None:
         region = _check_mask(mask, height, width, "mask")
-        tint = np.asarray(PRED_COLOR, dtype=np.float32)
+        tint = np.asarray(color, dtype=np.float32)
         pixels[region] = (1.0 - alpha) * pixels[region] + alpha * tint
     if gt_mask is not None:
         pixels[_contour(_check_mask(gt_mask, height, width, "gt_mask"))] = GT_COLOR
     result = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(result)
     line = max(1, round(min(width, height) / 200))
-    for box, color in ((gt_box, GT_COLOR), (box_xyxy, PRED_COLOR)):
+    for box, outline in ((gt_box, GT_COLOR), (box_xyxy, color)):
         if box is not None:
             x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
             draw.rectangle(
-                (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)), outline=color, width=line
+                (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)), outline=outline, width=line
             )
     return result
 

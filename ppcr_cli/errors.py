@@ -19,11 +19,14 @@ def debug_enabled() -> bool:
 
 
 def _print(message: str, hint: str | None = None) -> None:
+    from rich.markup import escape
+
     from ppcr_cli.console import err
 
-    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    # Messages are text, not markup: a hint like pip install 'ppcr[demo]' keeps its brackets.
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     if hint:
-        err.print(f"[dim]hint:[/] {hint}", markup=True, soft_wrap=True)
+        err.print(f"[dim]hint:[/] {escape(hint)}", markup=True, soft_wrap=True)
 
 
 def run_guarded(command: click.Command, args: list[str], prog_name: str = "ppcr") -> int:
