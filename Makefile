@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The main job, on the embedded default model: generate Shapes-Ref, segment one sample image
-# (mask + overlay in runs/demo/), score every split, print Tables 1-3.
+# (mask + overlay in runs/demo/), score every split, print Tables 1-3; then says how to start
+# the web demo (`ppcr serve`; gradio comes with the dev extra, or `pip install 'ppcr[demo]'`).
 demo: setup
 	$(BIN)/ppcr prepare shapes --out $(DATA) --overwrite
 	$(BIN)/ppcr predict $(SAMPLE) "$(SAMPLE_TEXT)" -o runs/demo/mask.png --overlay runs/demo/overlay.png
@@ -33,6 +34,7 @@ demo: setup
 	$(BIN)/ppcr eval --data-root $(DATA) --dataset shapes+ --split val --split testA --split testB
 	$(BIN)/ppcr eval --data-root $(DATA) --dataset shapesg --split val --split test
 	$(BIN)/ppcr tables --runs runs/ppcr-shapes-tiny
+	@echo "Try the model in a browser: $(BIN)/ppcr serve   (then open http://127.0.0.1:7860)"
 
 # Reproduces the embedded default model: the shapes recipe on Shapes-Ref (seed 0), about 9 min
 # on two CPU cores; an interrupted run resumes.

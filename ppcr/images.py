@@ -202,12 +202,13 @@ def overlay(
     gt_mask: np.ndarray | None = None,
     gt_box: tuple[float, float, float, float] | np.ndarray | None = None,
     alpha: float = 0.5,
+    color: tuple[int, int, int] = PRED_COLOR,
 ) -> Image.Image:
     """Draw a prediction over ``image`` for a human to check.
 
-    The predicted mask is tinted red (``alpha`` blend) and its box outlined in red; the ground
-    truth is drawn as outlines only (green mask contour, green box) so both stay readable where
-    they overlap. Masks must be H×W like the image; boxes are pixel ``(x1, y1, x2, y2)`` in the
+    The predicted mask is tinted ``color`` (red by default; ``alpha`` blend) and its box outlined
+    in it; the ground truth is drawn as outlines only (green mask contour, green box) so both stay
+    readable where they overlap. Masks must be H×W like the image; boxes are pixel ``(x1, y1, x2, y2)`` in the
     image's frame (corners in any order); a box with a non-finite corner is not drawn.
 
     Memory stays near one uint8 copy of the image however big it is: the blend is computed in
@@ -221,7 +222,7 @@ def overlay(
     result = base.copy()
     if region is not None or outline is not None:
         rows = max(1, OVERLAY_BAND_PIXELS // max(1, width))
-        tint = np.asarray(PRED_COLOR, dtype=np.float32)
+        tint = np.asarray(color, dtype=np.float32)
         for top in range(0, height, rows):
             bottom = min(height, top + rows)
             band = np.array(result.crop((0, top, width, bottom)))
@@ -233,13 +234,13 @@ def overlay(
             result.paste(Image.fromarray(band, "RGB"), (0, top))
     draw = ImageDraw.Draw(result)
     line = max(1, round(min(width, height) / 200))
-    for box, color in ((gt_box, GT_COLOR), (box_xyxy, PRED_COLOR)):
+    for box, edge in ((gt_box, GT_COLOR), (box_xyxy, color)):
         if box is not None:
             x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
             if not all(np.isfinite((x1, y1, x2, y2))):
                 continue
             draw.rectangle(
-                (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)), outline=color, width=line
+                (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)), outline=edge, width=line
             )
     return result
 

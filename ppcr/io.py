@@ -257,6 +257,15 @@ _INCOMPLETE_FILE = re.compile(r"^\..*\.tmp-[a-z0-9_]{8}(\..*)?$")  # atomic_path
 _PREVIOUS_COPY = re.compile(r"^(?P<name>.+)\.old-[0-9a-f]{8}$")  # replace_directory
 
 
+def destination_of(path: str | os.PathLike[str]) -> Path:
+    """The path an :func:`atomic_directory` temporary becomes (``path`` itself for any other path),
+    for writers that are handed the temporary but must name the final folder."""
+    path = Path(path)
+    if _INCOMPLETE_DIRECTORY.match(path.name):
+        return path.with_name(path.name.rsplit(".tmp-", 1)[0])
+    return path
+
+
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """Clean up after writes in ``folder`` that a crash interrupted; return what was deleted.
 

@@ -15,6 +15,7 @@ from ppcr_cli import prepare, recipes
 from ppcr_cli import eval as eval_cli
 from ppcr_cli import tables as tables_cli
 from ppcr_cli import predict
+from ppcr_cli import serve as serve_cli
 from ppcr_cli import train as train_cli
 from ppcr_cli import ablate as ablate_cli
 from ppcr_cli.errors import main_entry
@@ -63,6 +64,7 @@ app.command("predict")(predict.predict_command)
 app.command("eval")(eval_cli.eval_command)
 app.command("tables")(tables_cli.tables_command)
 app.command("ablate")(ablate_cli.ablate_command)
+app.command("serve")(serve_cli.serve_command)
 # --- end of command registration ---
 
 

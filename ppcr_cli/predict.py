@@ -27,7 +27,8 @@ with the mask tinted and the predicted box (the Spatial Segmentation Prompt) out
 several expressions the files are numbered in order: -o mask.png gives mask-1.png, mask-2.png …
 (same for --overlay). Prints the box in pixels (x1, y1, x2, y2), the mask area and the
 confidence (mean foreground probability inside the mask); --format json prints one JSON
-object per image.
+object per image, each prediction with its mask as COCO RLE ("mask_rle", pycocotools' decode
+reads it) and null for a number that is not finite.
 
 --batch FILE.jsonl runs many images, one JSON object per line:
 {"image": "a.jpg", "expressions": ["the red circle"], "mask": "a.png", "overlay": "a-overlay.jpg"}
@@ -198,17 +199,18 @@ def _report(job: "PredictJob", size: tuple[int, int], predictions: list["Predict
     height, width = size
     rows = []
     for index, (expression, prediction) in enumerate(zip(job.expressions, predictions)):
-        box = None if prediction.box is None or _non_finite_box(prediction) else prediction.box  # NaN → null
+        result = prediction.to_dict()  # non-finite numbers are already None (JSON null)
         rows.append(
             {
                 "expression": expression,
-                "read_as": prediction.expression,
-                "truncated": prediction.truncated,
-                "box": None if box is None else [round(v, 2) for v in box],
-                "area": prediction.area,
-                "score": round(prediction.score, 4),
+                "read_as": result["expression"],
+                "truncated": result["truncated"],
+                "box": None if result["box"] is None else [round(v, 2) for v in result["box"]],
+                "area": result["area"],
+                "score": None if result["score"] is None else round(result["score"], 4),
                 "mask": None if job.masks is None else str(job.masks[index]),
                 "overlay": None if job.overlays is None else str(job.overlays[index]),
+                "mask_rle": result["mask"],
             }
         )
     if fmt == "json":
@@ -223,7 +225,8 @@ def _report(job: "PredictJob", size: tuple[int, int], predictions: list["Predict
         box = "not finite" if _non_finite_box(prediction) else box
         files = ", ".join(f for f in (row["mask"], row["overlay"]) if f)
         line = (
-            f"  {number}. {json.dumps(row['expression'], ensure_ascii=False)}  score {row['score']:.3f}  "
+            f"  {number}. {json.dumps(row['expression'], ensure_ascii=False)}  "
+            f"score {'n/a' if row['score'] is None else format(row['score'], '.3f')}  "
             f"box {box}  area {row['area']:,} px"
         )
         typer.echo(line + (f"  → {files}" if files else ""))

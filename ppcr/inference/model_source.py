@@ -30,7 +30,8 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or env in ("1", "true", "yes", "on")
 
 
-def _looks_like_hub_id(text: str) -> bool:
+def looks_like_hub_id(text: str) -> bool:
+    """``owner/name``, not written like a local path (``./``, ``/``, ``~``, a trailing slash)."""
     if text.startswith((".", "/", "~", "\\")) or text.endswith(("/", "\\")) or os.path.isabs(text):
         return False
     parts = text.split("/")
@@ -77,6 +78,6 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike[str] | None = None) -> P
             f"model path {text} is a file, not a checkpoint directory",
             hint="pass the folder written by save_pretrained / ppcr train",
         )
-    if isinstance(path_or_hub_id, str) and _looks_like_hub_id(text):
+    if isinstance(path_or_hub_id, str) and looks_like_hub_id(text):
         return _hub_snapshot(text)
     raise CheckpointError(f"model directory not found: {text}")

@@ -14,11 +14,12 @@ the processor does for training data; the predictor reports it (``Prediction.tru
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -48,7 +49,9 @@ class Prediction:
     ordered, clipped to the image) that was given to SAM as the Spatial Segmentation Prompt, or
     None for a model without a spatial stage (``spatial_prompt=none``); ``score``: the mean
     foreground probability inside the mask (0 for an empty mask); ``expression``: the text the
-    model actually read (normalised, possibly shortened); ``truncated``: it was shortened.
+    model actually read (normalised, possibly shortened); ``truncated``: it was shortened;
+    ``logits``: the H×W float32 mask logits (``mask == logits > 0``), only when asked for with
+    ``return_logits=True`` (they cost four bytes a pixel).
     """
 
     mask: np.ndarray
@@ -56,11 +59,46 @@ class Prediction:
     score: float
     expression: str = ""
     truncated: bool = False
+    logits: Optional[np.ndarray] = None
 
     @property
     def area(self) -> int:
         """Mask area in pixels."""
         return int(np.count_nonzero(self.mask))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, strictly JSON-serialisable summary: what ``ppcr predict --format json`` prints.
+
+        ``mask`` is COCO run-length encoding (``{"size": [H, W], "counts": str}``, what
+        ``pycocotools.mask.decode`` reads back). A non-finite number becomes None (JSON null): a
+        box with any non-finite corner is None as a whole, as is a non-finite score.
+        """
+        return {
+            "expression": self.expression,
+            "truncated": self.truncated,
+            "box": _finite_box(self.box),
+            "score": _finite(self.score),
+            "area": self.area,
+            "mask": mask_to_rle(self.mask),
+        }
+
+
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO RLE of an H×W mask with ``counts`` as text, so it can go into JSON as it is."""
+    from pycocotools import mask as mask_utils
+
+    encoded = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=bool).astype(np.uint8)))
+    return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _finite_box(box: Optional[Box]) -> Optional[list[float]]:
+    if box is None or not all(math.isfinite(v) for v in box):
+        return None
+    return [float(v) for v in box]
 
 
 class PPCRPredictor:
@@ -172,20 +210,26 @@ class PPCRPredictor:
 
     # ------------------------------------------------------------------ prediction
 
-    def predict(self, expression: str) -> Prediction:
-        """Segment what ``expression`` refers to in the current image."""
+    def predict(self, expression: str, *, return_logits: bool = False) -> Prediction:
+        """Segment what ``expression`` refers to in the current image.
+
+        ``return_logits``: also return the mask logits (``Prediction.logits``).
+        """
         if not isinstance(expression, str):
             raise PPCRError(
                 f"predict takes one expression (a string), got {type(expression).__name__}",
                 hint="use predict_batch for several expressions",
             )
-        return self.predict_batch([expression])[0]
+        return self.predict_batch([expression], return_logits=return_logits)[0]
 
-    def predict_batch(self, expressions: Sequence[str], batch_size: Optional[int] = None) -> list[Prediction]:
+    def predict_batch(
+        self, expressions: Sequence[str], batch_size: Optional[int] = None, *, return_logits: bool = False
+    ) -> list[Prediction]:
         """Segment several expressions of the current image, batched through both LLM stages.
 
         All expressions go through one call of the model unless ``batch_size`` caps how many
         share a call (to bound memory). Results are in the order of ``expressions``.
+        ``return_logits``: also return each mask's logits (``Prediction.logits``).
         """
         if isinstance(expressions, str):
             raise PPCRError("predict_batch takes a list of expressions, got a single string",
@@ -207,10 +251,10 @@ class PPCRPredictor:
         step = batch_size or max(1, len(fitted))
         results: list[Prediction] = []
         for start in range(0, len(fitted), step):
-            results.extend(self._run(fitted[start : start + step]))
+            results.extend(self._run(fitted[start : start + step], return_logits))
         return results
 
-    def _run(self, fitted: list[tuple[str, bool]]) -> list[Prediction]:
+    def _run(self, fitted: list[tuple[str, bool]], return_logits: bool) -> list[Prediction]:
         texts = self.processor.texts([t for t, _ in fitted], [0] * len(fitted))
         output = self.model.segment(self._features, texts.to(self.device), share_prefix=self.share_prefix)
         height, width = self.image_size
@@ -218,9 +262,15 @@ class PPCRPredictor:
         scores = output.scores.detach().float().cpu().numpy()
         results = []
         for b, (text, truncated) in enumerate(fitted):
-            mask = (output.mask_logits[b] > 0).cpu().numpy()
+            logits = output.mask_logits[b]
+            mask = (logits > 0).cpu().numpy()
+            kept = logits.detach().float().cpu().numpy() if return_logits else None
             box = None if boxes is None else _pixel_box(boxes[b], width, height)
-            results.append(Prediction(mask=mask, box=box, score=float(scores[b]), expression=text, truncated=truncated))
+            results.append(
+                Prediction(
+                    mask=mask, box=box, score=float(scores[b]), expression=text, truncated=truncated, logits=kept
+                )
+            )
         return results
 
 

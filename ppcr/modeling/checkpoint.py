@@ -7,6 +7,7 @@ Layout::
     spatial/                 (absent for spatial_prompt=none)
     heads.safetensors        token_rows.*, semantic_proj.*, sem_to_input.*, box_head.*, mask_decoder.*
     tokenizer/               save_pretrained of the tokenizer (with [SEG] [BOX] <sem>)
+    README.md                the model card (ppcr.modeling.model_card); never read when loading
     base/llava/              only for a randomly initialised base: LLaVA save_pretrained (no LoRA)
     base/sam.safetensors     ... and SAM in segment-anything's key layout
 
@@ -27,11 +28,12 @@ import torch
 
 from ppcr.config.schema import LossSpec, ModelSpec
 from ppcr.errors import CheckpointError
-from ppcr.io import atomic_directory
+from ppcr.io import atomic_directory, destination_of
 from ppcr.modeling.config import CONFIG_NAME, BaseWeights, PPCRConfig, PromptFormat, is_checkpoint_relative
 
 if TYPE_CHECKING:  # pragma: no cover
     from ppcr.modeling.model import PPCRModel
+    from ppcr.modeling.model_card import MetricsArgument
 
 HEADS_FILE = "heads.safetensors"
 TOKENIZER_DIR = "tokenizer"
@@ -78,16 +80,22 @@ def save_checkpoint(
     state_dict: Optional[dict[str, torch.Tensor]] = None,
     recipe: Optional[dict] = None,
     store_base: bool = False,
+    metrics: "MetricsArgument" = None,
+    card_location: Optional[str] = None,
 ) -> Path:
     """Write ``model`` (or ``state_dict``, keyed like ``model.state_dict()``) to ``directory``.
 
     An existing directory is replaced atomically. A referenced public base is written relative to
     ``directory`` (see :class:`~ppcr.modeling.config.BaseWeights`); ``store_base`` copies it in
-    instead, so the checkpoint holds everything it needs.
+    instead, so the checkpoint holds everything it needs. ``metrics`` (see
+    :func:`~ppcr.modeling.model_card.collect_evaluations`; default: the evaluations found beside
+    ``directory``) go into the model card, whose loading snippet names ``card_location``
+    (default: ``directory``, or the folder the trainer's temporary ``directory`` becomes).
     """
     from safetensors.torch import save_file
 
     from ppcr.modeling.llava import quiet_progress
+    from ppcr.modeling.model_card import collect_evaluations, write_model_card
 
     if model.tokenizer is None:
         raise CheckpointError("cannot save a model without its tokenizer", hint="build it with build_model")
@@ -101,6 +109,8 @@ def save_checkpoint(
             f"(e.g. {(missing or extra)[0]})"
         )
     directory = Path(directory)
+    destination = destination_of(directory)  # the trainer hands us its own temporary folder
+    evaluations = collect_evaluations(metrics, destination)
     base = model.base
     with atomic_directory(directory) as tmp:
         # A referenced public base is only valid while the base is untouched by training.
@@ -118,6 +128,7 @@ def save_checkpoint(
             model=model.spec, base=saved_base, token_ids=model.token_ids, recipe=recipe, prompt=prompt_format(model)
         )
         (tmp / CONFIG_NAME).write_text(config.to_json(), encoding="utf-8")
+        write_model_card(tmp, config, evaluations, card_location or destination.as_posix())
     return directory
 
 
@@ -264,6 +275,7 @@ def load_checkpoint(
     _load_heads(model, directory, _saved_module_names(saved), skip)
     model.recipe = config.recipe
     model.prompt_format = config.prompt
+    model.source_dir = directory
     saved_loss = (config.recipe or {}).get("loss")
     if isinstance(saved_loss, dict):
         try:

@@ -46,6 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
     from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
+    from ppcr.modeling.model_card import MetricsArgument
+
 BoxSource = Literal["predicted", "gt"]
 
 
@@ -140,6 +142,7 @@ class PPCRModel(nn.Module):
         self.base = base
         self.loss_weights = loss_weights or LossSpec()
         self.recipe: Optional[dict] = None  # the recipe it was built from (plain dict), saved with it
+        self.source_dir: Optional[Path] = None  # the checkpoint folder it was loaded from, if any
         # How prompts write the image placeholder; fixed by the weights (GLaMM-initialised models
         # wrap it in <im_start>/<im_end>), saved in config.json.
         self.prompt_format = PromptFormat()
@@ -627,19 +630,43 @@ class PPCRModel(nn.Module):
         state_dict: Optional[dict[str, torch.Tensor]] = None,
         recipe: Optional[dict] = None,
         store_base: bool = False,
+        *,
+        metrics: "MetricsArgument" = None,
     ) -> Path:
         """Write a checkpoint directory atomically (see :mod:`ppcr.modeling.checkpoint`).
 
         ``state_dict`` (keys of ``self.state_dict()``) replaces the module's own tensors, e.g.
         the fp32 master weights a DeepSpeed run consolidates; ``recipe`` (a plain dict) is stored
         for provenance, by default the one the model was built from. ``store_base`` copies a
-        referenced base into the checkpoint instead of pointing at it.
+        referenced base into the checkpoint instead of pointing at it. The folder's ``README.md``
+        is a model card; ``metrics`` (``metrics.json`` paths, eval folders, ``EvalResult`` s or
+        dicts; default: the evaluations ``ppcr eval`` wrote beside ``directory``) fill its table.
         """
         from ppcr.modeling.checkpoint import save_checkpoint
 
         return save_checkpoint(
             self, directory, state_dict=state_dict, recipe=recipe if recipe is not None else self.recipe,
             store_base=store_base,
+            metrics=metrics,
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        metrics: "MetricsArgument" = None,
+        private: Optional[bool] = None,
+        token: Optional[str] = None,
+        revision: Optional[str] = None,
+        commit_message: str = "Upload PPCR checkpoint",
+    ) -> str:
+        """Upload this model as a checkpoint folder (model card included) to the hub repository
+        ``repo_id`` (created if needed); return the commit URL. See :mod:`ppcr.modeling.hub`."""
+        from ppcr.modeling.hub import push_to_hub
+
+        return push_to_hub(
+            self, repo_id, metrics=metrics, private=private, token=token, revision=revision,
+            commit_message=commit_message,
         )
 
     @classmethod
