@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -182,6 +183,14 @@ NaiveOpt = Annotated[
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto, cpu or cuda (auto: cuda when available, in bf16).")
 ]
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        help="Processes sharing the images (one per GPU; gloo ranks on CPU); the results are the same. "
+        "Under torchrun / deepspeed leave it at 1: each launched process is one.",
+    ),
+]
 
 
 def eval_command(
@@ -197,6 +206,7 @@ def eval_command(
     batch_size: BatchSizeOpt = 16,
     naive: NaiveOpt = False,
     device: DeviceOpt = "auto",
+    nproc: NprocOpt = 1,
 ) -> None:
     """Score a checkpoint on every sentence of the given splits: oIoU, mIoU, P@0.5…0.9.
 
@@ -211,6 +221,10 @@ def eval_command(
       ppcr eval --model ckpt --dataset refcocog --split val --split test --data-root data/refer_seg --format json
 
       ppcr eval --model ckpt --dataset refcoco --split val --box-source gt --save-vis 8
+
+      ppcr eval --model ckpt --dataset refcoco --split val --nproc 8     (one process per GPU)
+
+      torchrun --nproc_per_node 8 -m ppcr_cli eval --model ckpt --dataset refcoco --split val
     """
     import json
 
@@ -225,6 +239,8 @@ def eval_command(
         raise PPCRError(f"--batch-size must be at least 1, got {batch_size}")
     if save_vis < 0:
         raise PPCRError(f"--save-vis must be 0 or more, got {save_vis}")
+    if nproc < 1:
+        raise PPCRError(f"--nproc must be at least 1, got {nproc}")
     from ppcr.evaluation.runs import embedded_run_dir, record_embedded_run
     from ppcr.inference.model_source import resolve_model_dir
 
@@ -243,25 +259,41 @@ def eval_command(
     if embedded is not None and out_dir is None:
         record_embedded_run(embedded, config.recipe)
 
-    from ppcr.evaluation.evaluate import evaluate_many
+    from ppcr.training.distributed import launched_externally
 
-    loaded = _load_model(model, device)
-    progress = SplitProgress()
-    with progress.bar:
-        results = evaluate_many(
-            loaded,
-            dataset,
-            splits,
-            root,
-            images=images,
-            box_source=box_source,
-            out_dir=destination,
-            save_vis=save_vis,
-            batch_size=batch_size,
-            naive=naive,
-            progress=progress,
-            model_name=str(model),
+    if nproc > 1 or launched_externally():
+        from ppcr.evaluation.processes import EvalJob, evaluate_in_processes
+        from ppcr_cli.console import err
+
+        job = EvalJob(
+            model_dir=str(model), dataset=dataset, splits=splits, data_root=str(root),
+            images=None if images is None else str(images), box_source=box_source, out_dir=str(destination),
+            save_vis=save_vis, batch_size=batch_size, naive=naive, device=device, model_name=str(model),
+            show_progress=err.is_terminal,
         )
+        results = evaluate_in_processes(job, nproc)
+        if os.environ.get("RANK", "0") != "0":  # under torchrun/deepspeed, rank 0 reports
+            return
+    else:
+        from ppcr.evaluation.evaluate import evaluate_many
+
+        loaded = _load_model(model, device)
+        progress = SplitProgress()
+        with progress.bar:
+            results = evaluate_many(
+                loaded,
+                dataset,
+                splits,
+                root,
+                images=images,
+                box_source=box_source,
+                out_dir=destination,
+                save_vis=save_vis,
+                batch_size=batch_size,
+                naive=naive,
+                progress=progress,
+                model_name=str(model),
+            )
     if output_format == "json":
         payload = [{**result.to_json(), "out_dir": str(result.out_dir)} for result in results]
         typer.echo(json.dumps(payload, indent=2))
