@@ -71,7 +71,8 @@ def evaluate_in_processes(
 
     Inside a process started by ``torchrun``/``deepspeed`` this call is that rank (``nproc``
     must be 1 or the launcher's WORLD_SIZE); every rank returns the full results and only rank
-    0 writes files. ``progress`` is called on rank 0 (in this process) for its share.
+    0 writes files. ``progress`` is called for the sentences of this process (rank 0's share
+    under a launcher); ranks started here draw their own bar when ``job.show_progress``.
     """
     from ppcr.training.distributed import external_world_size, launched_externally
 
@@ -190,7 +191,13 @@ def run_rank(job: EvalJob, progress: Optional["ProgressFn"] = None) -> list["Eva
         local = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
         torch.set_num_threads(max(1, cores // local))
     model = _load_model(job, torch.device(env.device))
-    results = _evaluate(job, model, progress if env.is_main else None, Shard(env.rank, env.world_size))
+    own_bar = _RankProgress() if progress is None and job.show_progress and env.is_main else None
+    try:
+        shown = (progress or own_bar) if env.is_main else None
+        results = _evaluate(job, model, shown, Shard(env.rank, env.world_size))
+    finally:
+        if own_bar is not None:
+            own_bar.close()
     barrier()  # rank 0 has written the files when any rank returns
     return results
 
@@ -200,12 +207,7 @@ def run_and_report(job: EvalJob, result_dir: str) -> None:
     from ppcr.training.launch import report_outcome
 
     def work() -> Optional[list[dict[str, Any]]]:
-        progress = _RankProgress() if job.show_progress and os.environ.get("RANK") == "0" else None
-        try:
-            results = run_rank(job, progress)
-        finally:
-            if progress is not None:
-                progress.close()
+        results = run_rank(job)
         return [result_to_dict(r) for r in results] if os.environ.get("RANK") == "0" else None
 
     report_outcome(result_dir, work)
