@@ -226,8 +226,6 @@ def eval_command(
 
       torchrun --nproc_per_node 8 -m ppcr_cli eval --model ckpt --dataset refcoco --split val
     """
-    import json
-
     from ppcr.data.datasets import get_dataset
     from ppcr.evaluation.data import load_split
     from ppcr.evaluation.runs import default_eval_dir
@@ -262,40 +260,57 @@ def eval_command(
     from ppcr.training.distributed import launched_externally
 
     if nproc > 1 or launched_externally():
-        from ppcr.evaluation.processes import EvalJob, evaluate_in_processes
-        from ppcr_cli.console import err
-
-        job = EvalJob(
-            model_dir=str(model), dataset=dataset, splits=splits, data_root=str(root),
-            images=None if images is None else str(images), box_source=box_source, out_dir=str(destination),
-            save_vis=save_vis, batch_size=batch_size, naive=naive, device=device, model_name=str(model),
-            show_progress=err.is_terminal,
+        results = _evaluate_in_processes(
+            model, dataset, splits, root, images, box_source, destination, save_vis, batch_size, naive, device, nproc
         )
-        results = evaluate_in_processes(job, nproc)
-        if os.environ.get("RANK", "0") != "0":  # under torchrun/deepspeed, rank 0 reports
-            return
-    else:
-        from ppcr.evaluation.evaluate import evaluate_many
+        if os.environ.get("RANK", "0") == "0":  # under torchrun/deepspeed, rank 0 reports
+            print_outcome(results, output_format, destination)
+        return
 
-        loaded = _load_model(model, device)
-        progress = SplitProgress()
-        with progress.bar:
-            results = evaluate_many(
-                loaded,
-                dataset,
-                splits,
-                root,
-                images=images,
-                box_source=box_source,
-                out_dir=destination,
-                save_vis=save_vis,
-                batch_size=batch_size,
-                naive=naive,
-                progress=progress,
-                model_name=str(model),
-            )
+    from ppcr.evaluation.evaluate import evaluate_many
+
+    loaded = _load_model(model, device)
+    progress = SplitProgress()
+    with progress.bar:
+        results = evaluate_many(
+            loaded,
+            dataset,
+            splits,
+            root,
+            images=images,
+            box_source=box_source,
+            out_dir=destination,
+            save_vis=save_vis,
+            batch_size=batch_size,
+            naive=naive,
+            progress=progress,
+            model_name=str(model),
+        )
+    print_outcome(results, output_format, destination)
+
+
+def print_outcome(results, output_format: str, destination: Path) -> None:
+    """The results as JSON on stdout, or as the rich table."""
+    import json
+
     if output_format == "json":
         payload = [{**result.to_json(), "out_dir": str(result.out_dir)} for result in results]
         typer.echo(json.dumps(payload, indent=2))
     else:
         print_results(results, destination)
+
+
+def _evaluate_in_processes(
+    model, dataset, splits, root, images, box_source, destination, save_vis, batch_size, naive, device, nproc
+):
+    """``--nproc N`` or a process of torchrun/deepspeed: every process loads the model itself."""
+    from ppcr.evaluation.processes import EvalJob, evaluate_in_processes
+    from ppcr_cli.console import err
+
+    job = EvalJob(
+        model_dir=str(model), dataset=dataset, splits=splits, data_root=str(root),
+        images=None if images is None else str(images), box_source=box_source, out_dir=str(destination),
+        save_vis=save_vis, batch_size=batch_size, naive=naive, device=device, model_name=str(model),
+        show_progress=err.is_terminal,
+    )
+    return evaluate_in_processes(job, nproc)
