@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -191,6 +192,14 @@ DtypeOpt = Annotated[
     str,
     typer.Option("--dtype", help="auto, fp32, bf16 or fp16 (auto: bf16 on a GPU that has it, else fp32; fp16 needs a GPU)."),
 ]
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        help="Processes sharing the images (one per GPU; gloo ranks on CPU); the results are the same. "
+        "Under torchrun / deepspeed leave it at 1: each launched process is one.",
+    ),
+]
 
 
 def eval_command(
@@ -207,6 +216,7 @@ def eval_command(
     naive: NaiveOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    nproc: NprocOpt = 1,
 ) -> None:
     """Score a checkpoint on every sentence of the given splits: oIoU, mIoU, P@0.5…0.9.
 
@@ -223,12 +233,15 @@ def eval_command(
       ppcr eval --model ckpt --dataset refcoco --split val --box-source gt --save-vis 8
 
       ppcr eval --model OWNER/NAME --dataset refcoco --split val --device cuda --dtype bf16   (a hub id)
+
+      ppcr eval --model ckpt --dataset refcoco --split val --nproc 8     (one process per GPU)
+
+      torchrun --nproc_per_node 8 -m ppcr_cli eval --model ckpt --dataset refcoco --split val
     """
     from ppcr.data.datasets import get_dataset
     from ppcr.evaluation.data import load_split
     from ppcr.evaluation.outputs import check_eval_destination
     from ppcr.evaluation.runs import default_eval_dir
-    from ppcr.strict_json import strict_json_dumps
 
     _choice(output_format, FORMATS, "--format")
     _choice(box_source, BOX_SOURCES, "--box-source")
@@ -236,6 +249,8 @@ def eval_command(
         raise PPCRError(f"--batch-size must be at least 1, got {batch_size}")
     if save_vis < 0:
         raise PPCRError(f"--save-vis must be 0 or more, got {save_vis}")
+    if nproc < 1:
+        raise PPCRError(f"--nproc must be at least 1, got {nproc}")
     from ppcr.evaluation.runs import embedded_run_dir, record_embedded_run
     from ppcr.inference.model_source import resolve_model_dir
 
@@ -257,6 +272,17 @@ def eval_command(
     if embedded is not None and out_dir is None:
         record_embedded_run(embedded, config.recipe)
 
+    from ppcr.training.distributed import launched_externally
+
+    if nproc > 1 or launched_externally():
+        results = _evaluate_in_processes(
+            model, dataset, splits, root, images, box_source, destination, save_vis, batch_size, naive, device, nproc,
+            dtype=dtype, model_name=str(model) if given is None or Path(given).expanduser().exists() else given,
+        )
+        if os.environ.get("RANK", "0") == "0":  # under torchrun/deepspeed, rank 0 reports
+            print_outcome(results, output_format, destination)
+        return
+
     from ppcr.evaluation.evaluate import evaluate_many
 
     loaded = _load_model(model, device, dtype)
@@ -276,8 +302,32 @@ def eval_command(
             progress=progress,
             model_name=str(model) if given is None or Path(given).expanduser().exists() else given,
         )
+    print_outcome(results, output_format, destination)
+
+
+def print_outcome(results, output_format: str, destination: Path) -> None:
+    """The results as JSON on stdout, or as the rich table."""
+    from ppcr.strict_json import strict_json_dumps
+
     if output_format == "json":
         payload = [{**result.to_json(), "out_dir": str(result.out_dir)} for result in results]
         typer.echo(strict_json_dumps(payload, indent=2))  # never NaN: not JSON
     else:
         print_results(results, destination)
+
+
+def _evaluate_in_processes(
+    model, dataset, splits, root, images, box_source, destination, save_vis, batch_size, naive, device, nproc,
+    *, dtype: str, model_name: str,
+):
+    """``--nproc N`` or a process of torchrun/deepspeed: every process loads the model itself."""
+    from ppcr.evaluation.processes import EvalJob, evaluate_in_processes
+    from ppcr_cli.console import err
+
+    job = EvalJob(
+        model_dir=str(model), dataset=dataset, splits=splits, data_root=str(root),
+        images=None if images is None else str(images), box_source=box_source, out_dir=str(destination),
+        save_vis=save_vis, batch_size=batch_size, naive=naive, device=device, model_name=model_name,
+        dtype=None if dtype == "auto" else dtype, show_progress=err.is_terminal,
+    )
+    return evaluate_in_processes(job, nproc)

@@ -126,6 +126,8 @@ class InitSpec:
     glamm_base: str = "MBZUAI/GLaMM-GranD-Pretrained"
     glamm_semantic: str = "MBZUAI/GLaMM-RefSeg"
     sam_checkpoint: Optional[str] = "sam_vit_h_4b8939.pth"
+    # A tokenizer directory or hub id (default: the one of ``llava``), or ``stand-in``: llava-hf's
+    # layout without a download, for random-weight real-size runs (ppcr/modeling/tokenizer.py).
     tokenizer: Optional[str] = None
 
 

@@ -12,7 +12,9 @@ The sentences are still batched, so the difference measured is only the sharing.
 give the same masks.
 
 Whatever the processing order, results are reported in the reader's fixed order (refs by
-``ref_id``, sentences in ``sent_ids`` order). Timing (``seconds``) covers reading and
+``ref_id``, sentences in ``sent_ids`` order). With a :class:`~ppcr.evaluation.sharding.Shard` of
+several processes each scores its share of the batches and the rows are gathered; rank 0 writes
+the files (``ppcr.evaluation.processes`` starts the processes). Timing (``seconds``) covers reading and
 preprocessing the images, the model and the scoring, not the loading of the annotation index
 nor the writing of the outputs.
 """
@@ -43,6 +45,7 @@ from ppcr.evaluation.outputs import (
     write_metrics,
     write_per_sentence,
 )
+from ppcr.evaluation.sharding import Shard
 from ppcr.images import load_image
 from ppcr.io import atomic_directory
 
@@ -263,8 +266,20 @@ def _image_groups(data: ReferDataset) -> list[list[tuple[int, ReferSample]]]:
     return [groups[image_id] for image_id in sorted(groups)]
 
 
-def _run_grouped(scorer: _Scorer, data: ReferDataset, batch_size: int, advance: Callable[[int], None]) -> None:
-    for batch in _grouped_batches(_image_groups(data), batch_size):
+def _grouped_work(data: ReferDataset, batch_size: int, shard: Shard) -> list[list[list[tuple[int, ReferSample]]]]:
+    """This rank's batches of whole images."""
+    return shard.take(_grouped_batches(_image_groups(data), batch_size))
+
+
+def _naive_work(data: ReferDataset, batch_size: int, shard: Shard) -> list[int]:
+    """This rank's batches of the naive mode, as start positions in the reader order."""
+    return shard.take(range(0, len(data), batch_size))
+
+
+def _run_grouped(
+    scorer: _Scorer, data: ReferDataset, work: list, batch_size: int, advance: Callable[[int], None]
+) -> None:
+    for batch in work:
         images = [_read_image(group[0][1]) for group in batch]
         features = scorer.encode(images)
         flat = [
@@ -278,9 +293,11 @@ def _run_grouped(scorer: _Scorer, data: ReferDataset, batch_size: int, advance: 
             advance(len(chunk))
 
 
-def _run_naive(scorer: _Scorer, data: ReferDataset, batch_size: int, advance: Callable[[int], None]) -> None:
+def _run_naive(
+    scorer: _Scorer, data: ReferDataset, work: list, batch_size: int, advance: Callable[[int], None]
+) -> None:
     samples = list(data)
-    for start in range(0, len(samples), batch_size):
+    for start in work:
         chunk = samples[start : start + batch_size]
         images = [_read_image(sample) for sample in chunk]
         features = scorer.encode(images)
@@ -337,24 +354,30 @@ def _evaluate_split(
     progress: Optional[ProgressFn],
     model_name: Optional[str],
     on_prediction: Optional[PredictionHook],
+    shard: Shard,
 ) -> EvalResult:
     label = f"{data.name}/{data.split}"
     total = len(data)
+    work = (_naive_work if naive else _grouped_work)(data, batch_size, shard)
+    # Progress counts this rank's sentences (all of them for one process).
+    mine = sum(min(batch_size, total - start) for start in work) if naive else sum(len(g) for b in work for g in b)
     done = 0
 
     def advance(count: int) -> None:
         nonlocal done
         done += count
         if progress is not None:
-            progress(label, done, total)
+            progress(label, done, mine)
 
     if progress is not None:
-        progress(label, 0, total)
+        progress(label, 0, mine)
     scorer = _Scorer(model, processor, data, box_source, save_vis, on_prediction)
     started = time.perf_counter()
-    (_run_naive if naive else _run_grouped)(scorer, data, batch_size, advance)
+    (_run_naive if naive else _run_grouped)(scorer, data, work, batch_size, advance)
     if scorer.device.type == "cuda":
         torch.cuda.synchronize(scorer.device)
+    scorer.rows = shard.gather(scorer.rows)
+    scorer.vis = shard.gather(scorer.vis) if save_vis else scorer.vis
     seconds = time.perf_counter() - started
 
     rows = [scorer.rows[position] for position in range(total)]
@@ -377,7 +400,7 @@ def _evaluate_split(
         images_dir=str(data.images_dir),
         device=str(scorer.device),
     )
-    if out_dir is not None:
+    if out_dir is not None and shard.is_main:
         _write_outputs(result, scorer, data, Path(out_dir))
     return result
 
@@ -397,6 +420,7 @@ def evaluate_many(
     progress: Optional[ProgressFn] = None,
     model_name: Optional[str] = None,
     on_prediction: Optional[PredictionHook] = None,
+    shard: Optional[Shard] = None,
 ) -> list[EvalResult]:
     """Score ``model`` on every sentence of each of ``splits`` of ``dataset`` under ``data_root``.
 
@@ -407,8 +431,13 @@ def evaluate_many(
     ``progress(label, done, total)`` is called as sentences finish; ``on_prediction(sample,
     mask, row)`` sees every predicted mask.
     ``model_name`` (e.g. the checkpoint directory) is recorded in ``metrics.json``.
+
+    ``shard``: this process's place when several score the splits together (every rank must
+    call this with the same arguments); each scores its share, all get every row back, rank 0
+    writes the files, ``on_prediction`` sees this rank's sentences, ``progress`` counts them.
     """
     _check_options(box_source, batch_size, save_vis)
+    shard = shard or Shard()
     if not splits:
         raise PPCRError("no split to evaluate", hint="name at least one split, e.g. val")
     loaded = [load_split(dataset, split, data_root, images) for split in dict.fromkeys(splits)]
@@ -434,6 +463,7 @@ def evaluate_many(
                 progress=progress,
                 model_name=model_name,
                 on_prediction=on_prediction,
+                shard=shard,
             )
             for data in loaded
         ]
@@ -445,6 +475,6 @@ def evaluate(model: "PPCRModel", dataset: str, split: str, data_root: str | Path
     """Score ``model`` on every sentence of ``dataset``/``split`` under ``data_root``.
 
     ``options`` are :func:`evaluate_many`'s keyword options (images, box_source, out_dir,
-    save_vis, batch_size, naive, progress, model_name, on_prediction), described there.
+    save_vis, batch_size, naive, progress, model_name, on_prediction, shard), described there.
     """
     return evaluate_many(model, dataset, [split], data_root, **options)[0]

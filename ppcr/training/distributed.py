@@ -126,24 +126,26 @@ def _prepare_deepspeed_for(device: str) -> None:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def init_distributed() -> DistEnv:
+def init_distributed(kind: str | None = None, *, with_deepspeed: bool = True) -> DistEnv:
     """Join (or create) the process group described by the rank environment variables.
 
     The variables must already be set (by a launcher, :func:`spawn_local`, or the caller for
-    ``nproc == 1``). An existing group is reused.
+    ``nproc == 1``). An existing group is reused. ``kind`` (``cpu``/``cuda``, default: CUDA when
+    visible) picks the device and backend (gloo/NCCL); ``with_deepspeed=False`` (evaluation)
+    joins with plain ``torch.distributed`` and never imports DeepSpeed.
     """
     import torch
     import torch.distributed as dist
 
-    kind = device_type()
+    kind = kind or device_type()
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     backend = "nccl" if kind == "cuda" else "gloo"
     device = f"cuda:{local_rank}" if kind == "cuda" else "cpu"
     if kind == "cuda":
         torch.cuda.set_device(local_rank)
-    _prepare_deepspeed_for(kind)
-    import deepspeed
+    if with_deepspeed:
+        _prepare_deepspeed_for(kind)
 
     if dist.is_initialized():
         if dist.get_world_size() != world_size or dist.get_rank() != rank:
@@ -155,7 +157,12 @@ def init_distributed() -> DistEnv:
         dist.init_process_group(
             backend, init_method=os.environ[RENDEZVOUS_VARIABLE], rank=rank, world_size=world_size
         )
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    elif not with_deepspeed:
+        dist.init_process_group(backend, rank=rank, world_size=world_size)  # env:// (MASTER_ADDR/PORT)
+    if with_deepspeed:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=backend)
 
 

@@ -18,10 +18,8 @@ is checked on the ranks before the model is built.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any, Callable, Literal
 
 from ppcr.config.recipe_checks import check_recipe
 from ppcr.config.schema import Recipe
-from ppcr.training.errors import TrainingError, error_from_dict
+from ppcr.training.errors import TrainingError
 from ppcr.training.layout import CHECKPOINTS_DIR, FINAL_DIR, RECIPE_FILE, RUN_ENTRIES, STATE_DIR, STEP_TAG
 from ppcr.training.plan import gradient_accumulation_steps
 from ppcr.training.request import RunRequest
@@ -155,55 +153,30 @@ def _run(
 
 
 def _launch_spawn(request: RunRequest, nproc: int, result_dir: str) -> None:
-    from ppcr.training.distributed import spawn_local
+    from ppcr.training.launch import launch_spawn
     from ppcr.training.worker import run_and_report
 
-    try:
-        spawn_local(run_and_report, nproc, (request, result_dir), rendezvous_dir=result_dir)
-    except Exception as exc:  # noqa: BLE001 - the ranks' own reports say what went wrong
-        _collect(result_dir, nproc, launcher_failed=f"{type(exc).__name__}: {exc}", cause=exc)
+    launch_spawn(run_and_report, (request, result_dir), nproc, result_dir)
 
 
 def _launch_deepspeed(request: RunRequest, nproc: int, result_dir: str) -> None:
-    from ppcr.training.distributed import RANK_VARIABLES, RENDEZVOUS_VARIABLE, deepspeed_launch_command
+    from ppcr.training.launch import launch_deepspeed
     from ppcr.training.worker import request_to_spec
 
     if request.on_log is not None:
         raise TrainingError(
             "on_log cannot be passed to ranks started by DeepSpeed's launcher", hint="use launcher='spawn'"
         )
-    spec_path = Path(result_dir) / "spec.json"
-    spec_path.write_text(json.dumps(request_to_spec(request, result_dir)), encoding="utf-8")
-    inherited = (*RANK_VARIABLES, "LOCAL_WORLD_SIZE", RENDEZVOUS_VARIABLE)
-    env = {key: value for key, value in os.environ.items() if key not in inherited}
-    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])])
-    command = deepspeed_launch_command("ppcr.training.worker", [str(spec_path)], nproc)
-    done = subprocess.run(command, env=env, check=False)
-    if done.returncode != 0:
-        failure = f"DeepSpeed's launcher exited with status {done.returncode}"
-        _collect(result_dir, nproc, launcher_failed=failure)
+    launch_deepspeed("ppcr.training.worker", request_to_spec(request, result_dir), nproc, result_dir)
 
 
 def _collect(
     result_dir: str, nproc: int, launcher_failed: str | None, cause: BaseException | None = None
 ) -> TrainResult:
     """Turn the ranks' reports into rank 0's TrainResult, or raise the first rank's error."""
-    reports: dict[int, dict[str, Any]] = {}
-    for rank in range(nproc):
-        path = Path(result_dir) / f"rank{rank}.json"
-        if path.is_file():
-            reports[rank] = json.loads(path.read_text(encoding="utf-8"))
-    for rank in sorted(reports):
-        if "error" in reports[rank]:
-            raise error_from_dict(reports[rank]["error"]) from None
-    for rank in sorted(reports):
-        if "crash" in reports[rank]:
-            raise RuntimeError(f"training rank {rank} crashed:\n{reports[rank]['crash']}")
-    if launcher_failed is not None or 0 not in reports or "result" not in reports[0]:
-        raise RuntimeError(
-            f"training processes failed without a report ({launcher_failed or 'no rank 0 result'})"
-        ) from cause
-    return TrainResult.from_dict(reports[0]["result"])
+    from ppcr.training.launch import collect_reports
+
+    return TrainResult.from_dict(collect_reports(result_dir, nproc, launcher_failed, cause))
 
 
 def check_run_dir(out: Path, recipe: Recipe, resume: bool, world_size: int) -> None:

@@ -1,9 +1,7 @@
 """One rank's life: join the group, train, report — and the module DeepSpeed's launcher runs.
 
-Every rank writes ``rank<r>.json`` into a result folder chosen by the launching process:
-``{"result": ...}`` (a :class:`TrainResult`), ``{"error": ...}`` (a PPCRError, re-raised as the
-same class by the parent) or ``{"crash": traceback}`` (a bug). The file is written before the
-exception propagates, so it survives the launcher terminating the other ranks.
+Every rank writes ``rank<r>.json`` into a result folder chosen by the launching process
+(:mod:`ppcr.training.launch`): its :class:`TrainResult`, or the error that stopped it.
 
 ``python -m ppcr.training.worker <spec.json>`` is what ``deepspeed --module`` starts on each GPU;
 the spec holds the recipe as a plain dict and the factories as ``module:attr`` strings.
@@ -12,15 +10,12 @@ the spec holds the recipe as a plain dict and the factories as ``module:attr`` s
 from __future__ import annotations
 
 import json
-import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 from ppcr.errors import PPCRError
-from ppcr.io import atomic_save_json
-from ppcr.training.errors import error_to_dict
+from ppcr.training.launch import report_outcome, write_report  # noqa: F401 - write_report: re-exported
 from ppcr.training.request import RunRequest
 from ppcr.training.result import TrainResult
 
@@ -40,26 +35,8 @@ def run_rank(request: RunRequest) -> TrainResult:
 
 def run_and_report(request: RunRequest, result_dir: str) -> None:
     """:func:`run_rank`, with its outcome written to ``result_dir/rank<r>.json``."""
-    path = Path(result_dir) / f"rank{os.environ.get('RANK', '0')}.json"
     _quiet_library_deprecations()
-    try:
-        result = run_rank(request)
-    except PPCRError as exc:
-        write_report(path, {"error": error_to_dict(exc)})
-        raise
-    except BaseException:
-        write_report(path, {"crash": traceback.format_exc()})
-        raise
-    write_report(path, {"result": result.to_dict()})
-
-
-def write_report(path: Path, report: dict[str, Any]) -> Path:
-    """Write a rank's report atomically, so the parent never reads half of one.
-
-    Only the launching process reads it back (``json.loads`` accepts NaN), and a loss or metric
-    that diverged must be reported as it is, not make the report itself fail: NaN is allowed.
-    """
-    return atomic_save_json(path, report, allow_nan=True, default=str)
+    report_outcome(result_dir, lambda: run_rank(request).to_dict())
 
 
 def _quiet_library_deprecations() -> None:
