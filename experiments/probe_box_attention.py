@@ -6,9 +6,9 @@ attention mass on all image tokens and, of that, the share on the target's patch
 pooled onto CLIP's grid after LLaVA's pad-to-square), next to the share a uniform spread would
 give. A share near uniform means the stage has not learnt to find the target.
 
-    .venv/bin/python benchmarks/probe_box_attention.py [--model DIR] [--sentences 48]
+    .venv/bin/python experiments/probe_box_attention.py [--model DIR] [--sentences 48]
 
-Results are printed and written to ``benchmarks/results/box_attention_<tag>.json``.
+Results are printed and written to ``experiments/results/box_attention_<tag>.json``.
 """
 
 from __future__ import annotations

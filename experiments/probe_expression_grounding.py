@@ -24,10 +24,10 @@ val box L1 / mean box IoU / share with IoU > 0.5 per dataset (0.16 to 0.17 L1 is
 ignores the expression scores on shapes+).
 
     ppcr prepare shapes --out /tmp/sh10k --images 10000
-    .venv/bin/python benchmarks/probe_expression_grounding.py --data-root /tmp/sh10k --steps 4000 \\
+    .venv/bin/python experiments/probe_expression_grounding.py --data-root /tmp/sh10k --steps 4000 \\
         model.tiny.init_std=0.06
 
-Results are printed and written to ``benchmarks/results/expression_grounding_<tag>.json``.
+Results are printed and written to ``experiments/results/expression_grounding_<tag>.json``.
 """
 
 from __future__ import annotations

@@ -21,14 +21,14 @@ the phrase there (see probe_token_retrieval.py ``--readout-after``).
 Reports training L1 per 100 steps, the val L1 (each of an image's first three objects asked for
 alone) and, for ``llm``, the share of each layer's image attention on the target's patches.
 
-    .venv/bin/python benchmarks/probe_grounding.py --head llm --steps 1500 train.batch_size=8 [key=value ...]
+    .venv/bin/python experiments/probe_grounding.py --head llm --steps 1500 train.batch_size=8 [key=value ...]
     ppcr prepare shapes --out /tmp/sh10k --images 10000   # more images, against memorising
-    .venv/bin/python benchmarks/probe_grounding.py --head cross-attention --data-root /tmp/sh10k train.batch_size=8
+    .venv/bin/python experiments/probe_grounding.py --head cross-attention --data-root /tmp/sh10k train.batch_size=8
 
 A step takes ``train.batch_size`` images; the recorded results used 8 (the shapes recipe's batch
 before it grew to 32 sentences of 8 images).
 
-Results are printed and written to ``benchmarks/results/grounding_<tag>.json``.
+Results are printed and written to ``experiments/results/grounding_<tag>.json``.
 """
 
 from __future__ import annotations

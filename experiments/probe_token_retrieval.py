@@ -24,12 +24,12 @@ Training only the box L1, a step takes about 40 ms on one core, so knobs are com
   the recipe's own init, not the overrides) instead of a checkpoint's;
 * recipe overrides (``model.tiny.init_std=0.06``) and ``--lr`` for the LLM.
 
-    .venv/bin/python benchmarks/probe_token_retrieval.py --standardise --lr 1e-3 model.tiny.init_std=0.06
+    .venv/bin/python experiments/probe_token_retrieval.py --standardise --lr 1e-3 model.tiny.init_std=0.06
     ppcr prepare shapes --out /tmp/sh10k --images 10000   # two steps need more images than 986
-    .venv/bin/python benchmarks/probe_token_retrieval.py --fresh-tokens --per-image --readout-after \
+    .venv/bin/python experiments/probe_token_retrieval.py --fresh-tokens --per-image --readout-after \
         --lr 1e-3 --steps 4000 --data-root /tmp/sh10k model.tiny.init_std=0.06
 
-Results are printed and written to ``benchmarks/results/token_retrieval_<tag>.json``.
+Results are printed and written to ``experiments/results/token_retrieval_<tag>.json``.
 """
 
 from __future__ import annotations
