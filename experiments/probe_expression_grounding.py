@@ -39,9 +39,8 @@ from collections import defaultdict
 from dataclasses import replace
 
 import torch
-from probe_grounding import image_phrases
 from probe_shapes_learning import probe_optimizer, train_l1_steps, write_result
-from probe_token_retrieval import image_tokens, per_image
+from probe_token_retrieval import image_phrases, image_tokens, per_image
 
 DATASETS = ("shapes", "shapes+", "shapesg")
 
@@ -120,7 +119,7 @@ class ExpressionGrounder(torch.nn.Module):
         padded = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True)
         with self.model.adapters.use(SPATIAL):
             mask = torch.ones(padded.shape[:2], dtype=torch.long)
-            states = self.model._language_model(padded, mask).last_hidden_state
+            states = self.model.language_model(inputs_embeds=padded, attention_mask=mask).last_hidden_state
         return self.head(self.norm(states[torch.arange(len(rows)), read_at])).sigmoid()
 
 

@@ -351,6 +351,19 @@ class PPCRModel(nn.Module):
             embeds = torch.where(sem_slots.unsqueeze(-1), sem_input.to(embeds.dtype).unsqueeze(1), embeds)
         return embeds
 
+    def input_embeddings(
+        self,
+        input_ids: torch.Tensor,
+        image_tokens: Optional[torch.Tensor],
+        sem_input: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """One stage's LLM input embeddings (B×T×d), built as its forward builds them: the token
+        embeddings (PPCR's added tokens from their trained rows), the ``<image>`` slots filled
+        with ``image_tokens`` (B×n×d, each row's image) and the ``<sem>`` slot with ``sem_input``
+        (B×d) when given. For analyses that run ``language_model`` themselves (attention maps,
+        the probes in experiments/)."""
+        return self._input_embeddings(input_ids, image_tokens, sem_input)
+
     def _language_model(self, embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
