@@ -47,7 +47,7 @@ class PromptFormat:
     """How prompts write the image placeholder; fixed by the weights, so stored with them.
 
     ``image_start_end``: wrap it as ``<im_start><image><im_end>``, the sequence GLaMM's LLM was
-    trained on (its ``mm_use_im_start_end``, reference/glamm.md §1.6), for models initialised
+    trained on (its ``mm_use_im_start_end``), for models initialised
     from GLaMM; False (llava-hf, the default): a bare ``<image>``.
     """
 
