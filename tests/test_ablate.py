@@ -44,6 +44,7 @@ def test_overlays_reach_the_recipe_and_name_the_run(tmp_path):
     assert default.name == "default"
 
 
+@pytest.mark.slow
 def test_train_then_reuse_with_gt_boxes(shapes_root, tmp_path):
     args = [f"data.root={shapes_root}", *QUICK]
     plan = plan_ablation(args, runs_root=tmp_path)

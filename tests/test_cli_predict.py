@@ -359,6 +359,7 @@ def test_usage_errors_exit_2(capsys, photo):
 # ------------------------------------------------------------------ the real command
 
 
+@pytest.mark.slow
 def test_installed_command_end_to_end(tmp_path, photo, tiny_model_dir):
     env = {k: v for k, v in os.environ.items() if k != "PPCR_DEBUG"}
     command = [sys.executable, "-m", "ppcr_cli", "predict", str(photo), "red circle", "-o", str(tmp_path / "m.png"),

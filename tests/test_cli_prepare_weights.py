@@ -33,6 +33,7 @@ def llava_args(sources: dict, out: Path, llava: Path | None = None, sam: Path | 
             "--sam", str(sam or sources["sam"]), "--size", "tiny", "--out", str(out)]
 
 
+@pytest.mark.slow
 def test_glamm_conversion_prints_the_summary_and_the_output_runs(sources, tmp_path):
     from ppcr.modeling.model import PPCRModel
 

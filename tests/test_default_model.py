@@ -33,6 +33,7 @@ def fresh_shapes(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", sorted(MIN_MIOU))
 def test_the_default_model_segments_unseen_shapes_above_its_threshold(fresh_shapes, dataset):
     from ppcr.evaluation.evaluate import evaluate_many

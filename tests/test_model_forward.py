@@ -1,7 +1,7 @@
 """The PPCR forward pass on the tiny model: gradients, LoRA placement, variants, box routing.
 
 Every test builds the tiny model (same classes as the 7B one) from a recipe with random init,
-runs it on a few synthetic images, and checks behaviour the design promises (DESIGN §1–3).
+runs it on a few synthetic images, and checks behaviour the design promises (docs/design.md, "Pipeline").
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ steps (about 100 steps, 15 s on two idle cores).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from ppcr.config.schema import InitSpec, LoraSpec, ModelSpec, Recipe
@@ -30,6 +31,7 @@ def mean_iou(mask_logits, gt_masks) -> float:
     return float(np.mean(scores))
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_a_few_shapes_samples(tmp_path):
     generate_shapes_ref(tmp_path, seed=0, images=20)
     dataset = ReferDataset("shapes", tmp_path, "train")

@@ -123,7 +123,7 @@ def tiny_sam(seed: int):
 
 
 class GlammLike(nn.Module):
-    """GLaMMForCausalLM's module tree (reference/glamm.md §1, §2.3) at PPCR's tiny size."""
+    """GLaMMForCausalLM's module tree (as its model/GLaMM.py builds it) at PPCR's tiny size."""
 
     def __init__(self, base_vocab: int, seed: int = 0):
         super().__init__()
@@ -332,7 +332,7 @@ def test_glamm_every_mapped_tensor_equals_its_source(glamm_out, sources):
         if target in token_targets:
             continue
         assert torch.equal(loaded(model, target, record.component).float(), source), target
-    # Which source each part comes from (DESIGN §5).
+    # Which source each part comes from (docs/design.md, "GLaMM initialisation").
     by_source = {t: r.source for t, r in mapped.items()}
     assert by_source["mask_decoder.mask_tokens.weight"] == "refseg"
     assert by_source["image_encoder.patch_embed.proj.weight"] == "grand"
@@ -725,7 +725,7 @@ def write_index(directory: Path, keys: list[str], index: str, shard_names: list[
 
 
 def glamm_7b_keys() -> list[str]:
-    """GLaMM's parameter names at full size (reference/glamm.md §2.3), from meta-device modules."""
+    """GLaMM's parameter names at full size (as its model/GLaMM.py builds them), from meta-device modules."""
     from transformers import LlamaConfig, LlamaModel
 
     from ppcr.modeling.llava import llava_7b_config

@@ -70,6 +70,7 @@ def test_image_groups_gather_every_sentence_of_an_image_across_datasets(shapes_r
     assert dataset[groups[0][0]].image_key == dataset[groups[0][1]].image_key  # encoded once per batch
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss_and_export_a_loadable_checkpoint(shapes_root, tmp_path):
     recipe = small_recipe(shapes_root, "train.max_steps=24", "train.lr=3e-3")
     result = train_ppcr(recipe, tmp_path / "run", progress=False)
@@ -85,6 +86,7 @@ def test_a_few_steps_lower_the_loss_and_export_a_loadable_checkpoint(shapes_root
     assert f"root: {shapes_root}" in saved
 
 
+@pytest.mark.slow
 def test_two_processes_hold_identical_weights(shapes_root, tmp_path):
     recipe = small_recipe(shapes_root, "train.max_steps=3")
     result = train_ppcr(recipe, tmp_path / "two", nproc=2, launcher="spawn", progress=False)
@@ -92,6 +94,7 @@ def test_two_processes_hold_identical_weights(shapes_root, tmp_path):
     assert len(set(result.weight_digests)) == 1
 
 
+@pytest.mark.slow
 def test_mllm_lr_applies_to_the_mllm_and_only_to_it(shapes_root, tmp_path):
     from ppcr.modeling.model import PPCRModel
     from ppcr.training.ppcr_task import build_train_model
@@ -124,6 +127,7 @@ def _interrupt_at(step: int):
     return on_log
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(shapes_root, tmp_path):
     # Grouped sentences repeat an image within a batch: its backward must still be deterministic.
     recipe = small_recipe(shapes_root, "train.max_steps=8", "data.sentences_per_image=4")
@@ -140,6 +144,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(shapes_root, tmp
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow
 def test_bad_recipe_or_override_fails_before_any_work(tmp_path):
     out = tmp_path / "run"
     _assert_one_line_error(run("train", "--recipe", "shapez", "--out", str(out)), 1, "unknown recipe")

@@ -480,6 +480,7 @@ def run_two(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_hold_identical_weights(run_two):
     out, result = run_two
     assert result.world_size == 2 and result.steps == STEPS
@@ -492,6 +493,7 @@ def test_two_processes_train_and_hold_identical_weights(run_two):
     assert json.loads((out / "env.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_two_processes_nan_on_one_rank_stops_both_then_resume_matches(run_two, tmp_path):
     out = tmp_path / "run"
     # grad_accum is 2 with two ranks: forward 13 on rank 1 is the first micro-batch of step 7
@@ -509,6 +511,7 @@ def test_two_processes_nan_on_one_rank_stops_both_then_resume_matches(run_two, t
     assert_same_weights(final_weights(out), final_weights(run_two[0]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_deepspeed_launcher_with_two_ranks_matches_one_process(tmp_path):
     """DeepSpeed's own launcher (the GPU path's process layout) on CPU, against a one-process run.
 

@@ -21,7 +21,7 @@ HIDDEN = 16
 VISION_HIDDEN = 8
 LAYERS = 2
 BASE_VOCAB = 32
-# GLaMM's added tokens, in GLaMM's order, after the base vocabulary (glamm.md §1.6).
+# GLaMM's added tokens, in GLaMM's order (its train.py), after the base vocabulary.
 GLAMM_TOKENS = ["<im_start>", "<im_end>", "<bbox>", "<point>", "[SEG]", "<p>", "</p>"]
 GLAMM_VOCAB = {token: BASE_VOCAB + i for i, token in enumerate(GLAMM_TOKENS)}
 # A PPCR-like tokenizer: llava-hf's <image>/<pad> first, then PPCR's tokens; embedding padded to 48.
@@ -108,7 +108,7 @@ def semantic_proj() -> nn.Module:
 
 
 class GlammLike(nn.Module):
-    """Module tree of GLaMMForCausalLM (glamm.md §1, §2.3); its state_dict has GLaMM's key names."""
+    """Module tree of GLaMMForCausalLM (as GLaMM's model/GLaMM.py builds it), with GLaMM's key names."""
 
     def __init__(self, with_vision_tower: bool, seed: int = 0):
         super().__init__()

@@ -24,7 +24,7 @@ from ppcr.errors import RecipeError
 
 RECIPE_SUFFIX = ".yaml"
 
-# Short names accepted on the command line for the ablation knobs of DESIGN §2.
+# Short names accepted on the command line for the ablation knobs (docs/design.md, "Variants").
 AXIS_KEYS = {
     "spatial_prompt": "model.spatial_prompt",
     "spatial_head": "model.spatial_head",

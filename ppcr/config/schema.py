@@ -90,7 +90,7 @@ class TinySpec:
 
 @dataclass
 class ModelSpec:
-    """Architecture and the PPCR variant knobs of DESIGN §2.
+    """Architecture and the PPCR variant knobs (docs/design.md, "Variants").
 
     ``max_length`` bounds the text tokens of one stage's prompt (the image tokens come on top).
     ``head_norm: batch`` standardises h_sem and P_box^seg per feature before the heads; it is not
@@ -185,7 +185,7 @@ class TrainSpec:
 
 @dataclass
 class EvalSpec:
-    """Evaluation protocol (DESIGN §6)."""
+    """Evaluation protocol (docs/design.md, "Evaluation")."""
 
     box_source: BoxSource = "predicted"
     splits: list[str] = field(

@@ -58,7 +58,7 @@ COCO_IMAGES = "images/mscoco/images/train2014"
 SHAPES_IMAGES = "images/shapes"
 
 # Published counts: refs and images from TFDS's refcoco description, sentences from the
-# refer API's own dumps (reference/formats_and_sota.md, "Counts per split").
+# refer API run over the pickles (a published dump; its totals match lichengunc/refer's demo).
 DATASETS: dict[str, DatasetSpec] = {
     "refcoco": DatasetSpec(
         name="refcoco",

@@ -1,11 +1,11 @@
 """Prompt templates of the two reasoning stages and the LLaVA-1.5 conversation around them.
 
-Semantic stage (DESIGN §1.1): the question/answer lists of GLaMM and LISA (kept verbatim below
+Semantic stage: the question/answer lists of GLaMM and LISA (kept verbatim below
 so a test can compare them with the references), normalised to one ``{expression}`` placeholder,
 deduplicated, and extended with a few of our own — the paper's "collected from LISA and GLaMM
-and further extended". Spatial stage (DESIGN §1.2): PPCR's own small sets, one per
+and further extended". Spatial stage: PPCR's own small sets, one per
 ``spatial_prompt`` variant; ``<sem>`` marks the slot whose input embedding the model replaces by
-the semantic prompt.
+the semantic prompt (docs/design.md, "Templates and prompts").
 
 Training samples one question and one answer per call (``rng`` given); evaluation (``rng=None``)
 always uses the fixed ``EVAL_*`` templates so scores are deterministic.
@@ -23,7 +23,7 @@ SEM_TOKEN = "<sem>"
 IMAGE_TOKEN = "<image>"
 EXPRESSION = "{expression}"
 
-# GLaMM `dataset/utils/utils.py` SEG_QUESTIONS, verbatim (reference/glamm.md §4.2).
+# GLaMM `dataset/utils/utils.py` SEG_QUESTIONS, verbatim (mbzuai-oryx/groundingLMM).
 GLAMM_SEG_QUESTIONS: tuple[str, ...] = (
     "Can you segment the {class_name} in this image?",
     "Please segment {class_name} in this image.",
@@ -44,7 +44,7 @@ GLAMM_SEG_QUESTIONS: tuple[str, ...] = (
 )
 
 # LISA `utils/utils.py` SHORT_QUESTION_LIST / LONG_QUESTION_LIST without the "<image>\n" prefix
-# (reference/lisa.md §2); the LLaVA conversation puts the image token in front instead.
+# (dvlab-research/LISA); the LLaVA conversation puts the image token in front instead.
 LISA_SHORT_QUESTIONS: tuple[str, ...] = (
     "Can you segment the {class_name} in this image?",
     "Please segment the {class_name} in this image.",
@@ -88,7 +88,7 @@ SEMANTIC_QUESTIONS: tuple[str, ...] = _unique(
     for t in (*GLAMM_SEG_QUESTIONS, *LISA_SHORT_QUESTIONS, *LISA_LONG_QUESTIONS, *PPCR_EXTRA_QUESTIONS)
 )
 
-# Spatial templates per `spatial_prompt` variant (DESIGN §2). The first entry of each is the
+# Spatial templates per `spatial_prompt` variant (docs/design.md, "Variants"). The first entry of each is the
 # evaluation template; for the two expression variants it is the paper's own example (§4.4).
 SPATIAL_QUESTIONS: dict[str, tuple[str, ...]] = {
     "semantic": (

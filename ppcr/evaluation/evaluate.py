@@ -1,4 +1,4 @@
-"""Score a PPCR model on every sentence of a refer-layout split (DESIGN §6–7).
+"""Score a PPCR model on every sentence of a refer-layout split (docs/design.md, "Evaluation").
 
 Image-grouped mode (the default): the split's sentences are grouped by image; each image is read
 and encoded once (CLIP tokens + SAM embedding, :meth:`PPCRModel.encode_images`), and all its

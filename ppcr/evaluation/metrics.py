@@ -1,4 +1,4 @@
-"""Referring-segmentation metrics (DESIGN §6), pure numpy.
+"""Referring-segmentation metrics (docs/design.md, "Metrics"), pure numpy.
 
 Per sentence: I = |pred ∧ gt|, U = |pred ∨ gt|, IoU = I / U, with IoU = 1 when U = 0 (empty
 prediction on an empty target is a perfect answer; LISA's and GLaMM's convention, without their

@@ -125,7 +125,7 @@ TABLE_3 = PaperTable(
 
 PAPER_TABLES: dict[int, PaperTable] = {1: TABLE_1, 2: TABLE_2, 3: TABLE_3}
 
-# The PPCR settings (ppcr.config.schema knobs) that each ablation row describes (DESIGN §2).
+# The PPCR settings (ppcr.config.schema knobs) that each ablation row describes (docs/design.md, "Variants").
 _PPCR_SETTINGS = {"spatial_prompt": "semantic", "spatial_head": "mlp", "box_source": "predicted"}
 VARIANT_SETTINGS: dict[str, dict[str, str]] = {
     "w/o Spatial SP": {**_PPCR_SETTINGS, "spatial_prompt": "none"},

@@ -1,6 +1,6 @@
 """``PPCRPredictor``: encode an image once, then ask for any number of referring expressions.
 
-This is SAM's ``set_image`` / ``predict`` pattern (DESIGN §7): :meth:`PPCRPredictor.set_image`
+This is SAM's ``set_image`` / ``predict`` pattern: :meth:`PPCRPredictor.set_image`
 runs both frozen vision encoders (CLIP through the projector, SAM's image encoder) once and
 keeps their outputs; every :meth:`~PPCRPredictor.predict` / :meth:`~PPCRPredictor.predict_batch`
 only runs the two LLM stages and SAM's light mask decoder against the cached features.

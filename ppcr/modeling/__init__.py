@@ -1,4 +1,4 @@
-"""The PPCR model: LLaVA-1.5 + two LoRA adapters + PPCR heads + SAM (DESIGN §1–3).
+"""The PPCR model: LLaVA-1.5 + two LoRA adapters + PPCR heads + SAM (docs/design.md, "Pipeline").
 
 Typical use::
 

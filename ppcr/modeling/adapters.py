@@ -4,7 +4,7 @@ Both sit on the same frozen LLaVA and target only the language model's attention
 (``model.language_model.layers.N.self_attn.{q_proj,v_proj}``), selected by a full-match regex so
 CLIP's and SAM's layers of the same names are never wrapped.
 
-The pitfall (reference/formats_and_sota.md Part 1d): peft's ``set_adapter`` routes the forward
+The pitfall (docs/design.md, "Adapter switching"): peft's ``set_adapter`` routes the forward
 through one adapter *and* sets ``requires_grad=False`` on the other. One PPCR training step runs
 stage 1 through ``semantic`` and stage 2 through ``spatial`` and back-propagates once; autograd
 skips leaves whose ``requires_grad`` is False at backward time, so the adapter switched off

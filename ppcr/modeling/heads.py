@@ -1,4 +1,4 @@
-"""The small trainable heads between the LLM and SAM (DESIGN §1–2).
+"""The small trainable heads between the LLM and SAM (docs/design.md, "Pipeline", "Variants").
 
 - :class:`SemanticProjection` — h_sem (LLM width) → SAM's semantic prompt token (GLaMM's
   ``text_hidden_fcs``: Linear(d, d) → ReLU → Linear(d, sam_dim)).
@@ -35,7 +35,7 @@ class StateStandardiser(nn.Module):
     Why: a randomly initialised LLM's states at the [SEG]/[BOX] positions are nearly one common
     vector (per-sample spread ~0.16 of their RMS), so a head sees almost the same input for every
     sample and learns slowly; standardising each feature over the batch removes that common part
-    (benchmarks/probe_shapes_learning.py, ``memorise``). Running statistics serve evaluation and
+    (experiments/probe_shapes_learning.py, ``memorise``). Running statistics serve evaluation and
     single-sample training batches alike.
     """
 

@@ -30,7 +30,7 @@ from ppcr.modeling.config import TokenIds
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import LlavaConfig, LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
-# llava-hf/llava-1.5-7b-hf (reference/formats_and_sota.md Part 1c; glamm.md §1.5).
+# llava-hf/llava-1.5-7b-hf's config.json: image_token_index, pad_token_id, vocab_size.
 LLAVA_7B_IMAGE_TOKEN_ID = 32000
 LLAVA_7B_PAD_TOKEN_ID = 32001
 LLAVA_7B_VOCAB = 32064

@@ -1,10 +1,10 @@
-"""The training objective (paper eq. 7, DESIGN §3).
+"""The training objective (paper eq. 7; docs/design.md, "Objective").
 
 ``L = λ1·BCE + λ2·Dice + λ3·L1 + λ4·CE``:
 
 - BCE and Dice on the mask logits at the original image resolution, each averaged over pixels
   per mask and then over masks (GLaMM/LISA: ``sigmoid_ce_loss`` and ``dice_loss`` with scale
-  1000, eps 1e-6; reference/glamm.md §4.5);
+  1000, eps 1e-6);
 - L1 between the predicted normalised box (the raw F_Map output, so the head learns to emit
   ordered corners) and the ground-truth normalised xyxy, averaged over coordinates and boxes;
 - CE, the next-token loss over the assistant answers of both stages (token mean over all

@@ -1,4 +1,4 @@
-"""PPCRModel: Semantic Understanding → Spatial Grounding → Instance Segmentation (DESIGN §1).
+"""PPCRModel: Semantic Understanding → Spatial Grounding → Instance Segmentation (docs/design.md, "Pipeline").
 
 Stage 1 (adapter ``semantic``) reads the semantic conversation; h_sem is the last-layer hidden
 state at the position *before* ``[SEG]`` (the state that predicts it, as GLaMM/LISA). SAM's
@@ -18,7 +18,7 @@ back to the original H×W; the mask is ``logits > 0``.
 Images and texts are separate inputs so that an image is encoded once and prompted many times:
 :meth:`PPCRModel.encode_images` → :class:`ImageFeatures`; :meth:`PPCRModel.segment` runs any
 number of expressions against them (batched, optionally sharing each image's prompt prefix through
-the KV cache). ``model(batch)`` is the training forward with the weighted loss (DESIGN §3).
+the KV cache). ``model(batch)`` is the training forward with the weighted loss (docs/design.md, "Objective").
 """
 
 from __future__ import annotations
@@ -237,7 +237,8 @@ class PPCRModel(nn.Module):
         return result
 
     def _set_trainable(self) -> None:
-        """Freeze everything, then unfreeze the adapters and the PPCR-trained modules (DESIGN §1)."""
+        """Freeze everything, then unfreeze the adapters and the PPCR-trained modules
+        (docs/design.md, "Trainable and frozen parts")."""
         for parameter in self.parameters():
             parameter.requires_grad_(False)
         for parameter in self.adapters.all_parameters():
@@ -354,6 +355,19 @@ class PPCRModel(nn.Module):
             embeds = torch.where(sem_slots.unsqueeze(-1), sem_input.to(embeds.dtype).unsqueeze(1), embeds)
         return embeds
 
+    def input_embeddings(
+        self,
+        input_ids: torch.Tensor,
+        image_tokens: Optional[torch.Tensor],
+        sem_input: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """One stage's LLM input embeddings (B×T×d), built as its forward builds them: the token
+        embeddings (PPCR's added tokens from their trained rows), the ``<image>`` slots filled
+        with ``image_tokens`` (B×n×d, each row's image) and the ``<sem>`` slot with ``sem_input``
+        (B×d) when given. For analyses that run ``language_model`` themselves (attention maps,
+        the probes in experiments/)."""
+        return self._input_embeddings(input_ids, image_tokens, sem_input)
+
     def _language_model(self, embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
@@ -398,7 +412,7 @@ class PPCRModel(nn.Module):
         image_index: torch.Tensor,
         sem_input: Optional[torch.Tensor],
     ) -> Optional[torch.Tensor]:
-        """Hidden states computed with one KV-cached prefix per image (DESIGN §7).
+        """Hidden states computed with one KV-cached prefix per image (docs/design.md, "Evaluation").
 
         The conversation prefix (BOS, ``USER:``, the image tokens) is identical for every
         expression of an image, so it is run once per image and its cache is repeated for that
@@ -587,7 +601,7 @@ class PPCRModel(nn.Module):
     def forward(
         self, batch: PPCRBatch, box_source: BoxSource = "predicted", gt_box_rows: Optional[torch.Tensor] = None
     ) -> PPCROutput:
-        """Training forward: predictions plus ``loss = λ·(bce, dice, l1, ce)`` (DESIGN §3).
+        """Training forward: predictions plus ``loss = λ·(bce, dice, l1, ce)`` (docs/design.md, "Objective").
 
         Terms without ground truth in the batch are left out (no masks → no bce/dice; no boxes
         or no spatial stage → no l1). ``gt_box_rows`` (bool per sample): those samples' SAM gets

@@ -4,7 +4,7 @@
 import torchvision at module level; the ``modeling`` sub-package itself needs only torch. We
 therefore register a stub package object with the real ``__path__`` before importing
 ``segment_anything.modeling``, so Python finds the sub-modules without running the package
-``__init__`` (reference/formats_and_sota.md, Part 1b).
+``__init__``.
 
 Builders use the official hyper-parameters (``build_sam.py``) for vit_h / vit_l / vit_b and a
 tiny size from :class:`~ppcr.config.schema.TinySpec`. Weights are a plain state dict in the

@@ -1,7 +1,7 @@
 """The optimizer's parameter groups: everything at ``train.lr``, or the MLLM at ``train.mllm_lr``.
 
 Why two rates: a randomly initialised tiny LLM trained at the heads' rate moves its states faster
-than the heads can follow; a slower MLLM (benchmarks/probe_shapes_learning.py, ``--base-lr``)
+than the heads can follow; a slower MLLM (experiments/probe_shapes_learning.py, ``--base-lr``)
 lets the heads fit. Models that support the split say which of their parameters are the MLLM's
 with ``is_mllm_parameter(name)``.
 """

@@ -5,7 +5,7 @@ factory and a collate function. This module provides the three for PPCR, as impo
 top-level names so that spawned and DeepSpeed-launched ranks can resolve them
 (``"ppcr.training.ppcr_task:build_train_model"`` etc.).
 
-- The dataset yields one sentence per item (DESIGN §4), over all ``recipe.data.datasets``, with
+- The dataset yields one sentence per item (docs/design.md, "Data"), over all ``recipe.data.datasets``, with
   its mask decoded and its image loaded in DataLoader workers.
 - The model is wrapped so that its forward takes those raw items: the processor (tokenizer,
   CLIP/SAM transforms) belongs to the model, and the semantic/spatial templates are sampled with

@@ -3,7 +3,7 @@
 The caller builds PPCR's (randomly initialised, materialised) modules and passes them by component:
 ``{"llava": LlavaForConditionalGeneration, "sam": Sam, "semantic_proj": <module whose state dict
 has semantic_proj.0.* / semantic_proj.2.*>}``; these functions fill them and return the
-:class:`~ppcr.weights.report.ConversionReport`. Two recipes (DESIGN.md §5):
+:class:`~ppcr.weights.report.ConversionReport`. Two recipes (docs/design.md, "Weights"):
 
 - :func:`load_llava`: llava-hf gives the LLM, CLIP and projector, SAM's ``.pth`` gives SAM;
   ``semantic_proj`` keeps its fresh initialisation; no adapter.

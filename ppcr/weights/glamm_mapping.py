@@ -1,7 +1,7 @@
 """GLaMM's released checkpoints (original-LLaVA key layout) renamed into PPCR's components.
 
 GLaMM (``MBZUAI/GLaMM-GranD-Pretrained``, ``MBZUAI/GLaMM-RefSeg``) ships merged full weights of
-``GLaMMForCausalLM`` (reference/glamm.md §2.3): the Llama LLM as ``model.embed_tokens``,
+``GLaMMForCausalLM``: the Llama LLM as ``model.embed_tokens``,
 ``model.layers.*``, ``model.norm`` and ``lm_head``; the LLaVA projector as ``model.mm_projector.{0,2}``;
 SAM-H as ``model.grounding_encoder.*``; the [SEG] head as ``model.text_hidden_fcs.0.{0,2}``; and the
 bbox region encoder as ``model.region_encoder.*``. A ``base_model.model.`` prefix (peft wrapping
@@ -15,7 +15,7 @@ parameters are ``model.vision_tower.embeddings.*`` / ``encoder.*`` / ``pre_layrn
 ``post_layernorm`` (checked against ``LlavaForConditionalGeneration`` in the tests).
 
 Prompt format. GLaMM was trained with the image placeholder wrapped as
-``<im_start><image><im_end>`` (``mm_use_im_start_end``, glamm.md §1.6, §4.3) inside
+``<im_start><image><im_end>`` (``mm_use_im_start_end``, GLaMM's ``dataset/dataset.py``) inside
 ``"The <image> provides an overview of the picture.\\n"``; its ``embed_tokens`` rows for
 ``<im_start>``/``<im_end>`` were trained (embed_tokens is fully trainable in GLaMM). llava-hf
 prompts have a bare ``<image>`` (expanded to 576 ``<image>`` tokens by the processor). Because
@@ -78,7 +78,7 @@ GLAMM = KeyMapping(
     ),
 )
 
-# GLaMM's added tokens and their ids in the released tokenizers (glamm.md §1.6).
+# GLaMM's added tokens and their ids in the released tokenizers (the order its train.py adds them).
 GLAMM_ADDED_TOKENS: dict[str, int] = {
     "<im_start>": 32000,
     "<im_end>": 32001,

@@ -2,7 +2,7 @@
 
 GLaMM-RefSeg was LoRA-tuned (r=8, alpha=16, on the LLM's q_proj/v_proj) from GLaMM-GranD-Pretrained
 and released merged, so on each of those matrices ``W_refseg - W_grand = (alpha/r)·B·A`` has rank
-at most 8 up to bf16 rounding (glamm.md §3). PPCR's ``semantic`` adapter is that delta, re-factored:
+at most 8 up to bf16 rounding. PPCR's ``semantic`` adapter is that delta, re-factored:
 the top-``r`` singular triplets of the difference, with the singular values split evenly between
 the two factors (``B = U·sqrt(S/s)``, ``A = sqrt(S/s)·Vᵀ``, ``s = alpha/r``) so A and B have the
 same scale, as LoRA training would give them.

@@ -1,4 +1,4 @@
-"""``ppcr prepare weights``: a PPCR base checkpoint from public weights (DESIGN.md §5).
+"""``ppcr prepare weights``: a PPCR base checkpoint from public weights (docs/design.md, "Weights").
 
 Two recipes, both ending in a directory that ``PPCRModel.from_pretrained`` (and a recipe with
 ``init.source=checkpoint``) loads:

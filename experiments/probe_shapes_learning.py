@@ -21,12 +21,12 @@ the model, so use one or the other).
 
 Usage (Shapes-Ref in data/shapes, ``ppcr prepare shapes --out data/shapes``)::
 
-    python benchmarks/probe_shapes_learning.py variant --steps 900 spatial-prompt=expression train.lr=3e-3
-    python benchmarks/probe_shapes_learning.py oracle-colour --steps 1000 train.lr=3e-3
+    python experiments/probe_shapes_learning.py variant --steps 900 spatial-prompt=expression train.lr=3e-3
+    python experiments/probe_shapes_learning.py oracle-colour --steps 1000 train.lr=3e-3
 
 A step draws ``train.batch_size`` sentences; the recorded results used 8 or 16 (their JSON says
 which), from recipes before the shapes recipe's batch grew to 32: pass ``train.batch_size=8`` to
-compare with them. Results are printed and written to ``benchmarks/results/probe_<probe>_<tag>.json``.
+compare with them. Results are printed and written to ``experiments/results/probe_<probe>_<tag>.json``.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def train_l1_steps(step_loss, trainable: list, optimizer, schedule, grad_clip: f
 
 
 def write_result(name: str, result: dict) -> None:
-    """``benchmarks/results/<name>.json``."""
+    """``experiments/results/<name>.json``."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

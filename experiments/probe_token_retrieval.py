@@ -5,7 +5,7 @@ Why: the shapes model's box ignores colour and shape words (probe_expression_use
 takes PPCR out of the way: the image tokens of a model (CLIP → projector, computed once and kept
 fixed) are followed by one learned word embedding per colour, the tiny LLM (the same peft-wrapped
 Llama as PPCR's, spatial adapter) reads them, and an MLP maps the last state to the box of the
-object with that colour (objects whose colour is unique in their image, as probe_grounding.py).
+object with that colour (objects whose colour is unique in their image).
 Training only the box L1, a step takes about 40 ms on one core, so knobs are compared in a minute:
 
 * ``--standardise``: the tokens standardised per feature (dataset statistics) before the LLM;
@@ -24,24 +24,48 @@ Training only the box L1, a step takes about 40 ms on one core, so knobs are com
   the recipe's own init, not the overrides) instead of a checkpoint's;
 * recipe overrides (``model.tiny.init_std=0.06``) and ``--lr`` for the LLM.
 
-    .venv/bin/python benchmarks/probe_token_retrieval.py --standardise --lr 1e-3 model.tiny.init_std=0.06
+    .venv/bin/python experiments/probe_token_retrieval.py --standardise --lr 1e-3 model.tiny.init_std=0.06
     ppcr prepare shapes --out /tmp/sh10k --images 10000   # two steps need more images than 986
-    .venv/bin/python benchmarks/probe_token_retrieval.py --fresh-tokens --per-image --readout-after \
+    .venv/bin/python experiments/probe_token_retrieval.py --fresh-tokens --per-image --readout-after \
         --lr 1e-3 --steps 4000 --data-root /tmp/sh10k model.tiny.init_std=0.06
 
-Results are printed and written to ``benchmarks/results/token_retrieval_<tag>.json``.
+Results are printed and written to ``experiments/results/token_retrieval_<tag>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import torch
-from probe_grounding import image_phrases
 from probe_shapes_learning import probe_optimizer, train_l1_steps, write_result
+
+
+def image_phrases(root: str, split: str, phrase: str) -> dict[int, tuple[Path, list[tuple[str, list[float]]]]]:
+    """Per image of ``shapes/<split>``: its path and (phrase, normalised xyxy) of each object whose
+    phrase no other object in the image shares."""
+    from ppcr.data.refer import ReferDataset
+    from ppcr.data.shapes import scenes_from_coco
+
+    dataset = ReferDataset("shapes", root, split)
+    scenes = scenes_from_coco(json.loads(dataset.index.instances_path.read_text()))
+    paths = {s.image_id: s.image_path for s in dataset}
+    out = {}
+    for image_id, path in sorted(paths.items()):
+        scene = scenes[image_id]
+        words = [o.colour if phrase == "colour" else f"{o.colour} {o.shape}" for o in scene.objects]
+        unique = [
+            (word, [o.x0 / scene.width, o.y0 / scene.height, o.x1 / scene.width, o.y1 / scene.height])
+            for word, o in zip(words, scene.objects)
+            if words.count(word) == 1
+        ]
+        if unique:
+            out[image_id] = (path, unique)
+    return out
 
 
 def image_tokens(model, processor, table: dict) -> dict[int, torch.Tensor]:
@@ -103,7 +127,7 @@ class Retriever(torch.nn.Module):
             embeds = torch.cat([embeds, readout], dim=1)
         with self.model.adapters.use(SPATIAL):
             mask = torch.ones(embeds.shape[:2], dtype=torch.long)
-            state = self.model._language_model(embeds, mask).last_hidden_state[:, -1]
+            state = self.model.language_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, -1]
         return self.head(self.norm(state) if self.norm is not None else state).sigmoid()
 
 

@@ -6,9 +6,9 @@ attention mass on all image tokens and, of that, the share on the target's patch
 pooled onto CLIP's grid after LLaVA's pad-to-square), next to the share a uniform spread would
 give. A share near uniform means the stage has not learnt to find the target.
 
-    .venv/bin/python benchmarks/probe_box_attention.py [--model DIR] [--sentences 48]
+    .venv/bin/python experiments/probe_box_attention.py [--model DIR] [--sentences 48]
 
-Results are printed and written to ``benchmarks/results/box_attention_<tag>.json``.
+Results are printed and written to ``experiments/results/box_attention_<tag>.json``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ def target_cells(mask: np.ndarray, grid: int) -> torch.Tensor:
     return pooled.flatten() > 0.05
 
 
+def positions_before(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
+    """Per row, the position before ``token_id``: the state that predicts it, which PPCR's heads read."""
+    return (input_ids == token_id).to(torch.long).argmax(dim=1) - 1
+
+
 def stage_attention(model, stage, embeds: torch.Tensor, adapter: str):
     language_model = model.language_model
     with model.adapters.use(adapter):
@@ -52,12 +57,14 @@ def main() -> None:
     from ppcr.images import load_image
     from ppcr.inference.model_source import resolve_model_dir
     from ppcr.modeling.adapters import SEMANTIC, SPATIAL
-    from ppcr.modeling.model import PPCRModel, _positions_before
+    from ppcr.modeling.model import PPCRModel
     from ppcr.modeling.processor import PPCRProcessor, PPCRSample
 
-    model = PPCRModel.from_pretrained(resolve_model_dir(args.model)).eval()
+    # Eager attention: sdpa returns no attention weights.
+    model = PPCRModel.from_pretrained(
+        resolve_model_dir(args.model), spec_overrides={"attn_implementation": "eager"}
+    ).eval()
     processor = PPCRProcessor.from_model(model)
-    model.language_model.config._attn_implementation = "eager"  # sdpa returns no attention weights
     grid = round(model.image_seq_length**0.5)
     ids = model.token_ids
     report = {}
@@ -72,20 +79,20 @@ def main() -> None:
             image_tokens = features.clip_tokens[batch.text.image_index]
             semantic = batch.text.semantic
             semantic_out = stage_attention(
-                model, semantic, model._input_embeddings(semantic.input_ids, image_tokens, None), SEMANTIC
+                model, semantic, model.input_embeddings(semantic.input_ids, image_tokens, None), SEMANTIC
             )
             stages = [("semantic", semantic, ids.seg, semantic_out)]
             if model.box_head is not None:
                 rows = torch.arange(len(samples))
-                h_sem = semantic_out.last_hidden_state[rows, _positions_before(semantic.input_ids, ids.seg, "[SEG]")]
+                h_sem = semantic_out.last_hidden_state[rows, positions_before(semantic.input_ids, ids.seg)]
                 _, sem_input = model.semantic_prompts(h_sem)
                 spatial = batch.text.spatial
                 spatial_out = stage_attention(
-                    model, spatial, model._input_embeddings(spatial.input_ids, image_tokens, sem_input), SPATIAL
+                    model, spatial, model.input_embeddings(spatial.input_ids, image_tokens, sem_input), SPATIAL
                 )
                 stages.append(("spatial", spatial, ids.box, spatial_out))
         for stage_name, stage, token, out in stages:
-            positions = _positions_before(stage.input_ids, token, "x")
+            positions = positions_before(stage.input_ids, token)
             image_slots = stage.input_ids == ids.image
             for layer, attention in enumerate(out.attentions):
                 on_image, on_target = [], []

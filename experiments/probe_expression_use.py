@@ -7,9 +7,9 @@ can still score on Shapes-Ref's ``shapes`` split from location words alone. For 
 sentences (normalised coordinates), next to the same spread of the ground-truth boxes. A spread
 near zero means the box head reads the image but not the words.
 
-    .venv/bin/python benchmarks/probe_expression_use.py [--model DIR] [--images 40] [--tag NAME]
+    .venv/bin/python experiments/probe_expression_use.py [--model DIR] [--images 40] [--tag NAME]
 
-Results are printed and written to ``benchmarks/results/expression_use_<tag>.json``.
+Results are printed and written to ``experiments/results/expression_use_<tag>.json``.
 """
 
 from __future__ import annotations

@@ -24,10 +24,10 @@ val box L1 / mean box IoU / share with IoU > 0.5 per dataset (0.16 to 0.17 L1 is
 ignores the expression scores on shapes+).
 
     ppcr prepare shapes --out /tmp/sh10k --images 10000
-    .venv/bin/python benchmarks/probe_expression_grounding.py --data-root /tmp/sh10k --steps 4000 \\
+    .venv/bin/python experiments/probe_expression_grounding.py --data-root /tmp/sh10k --steps 4000 \\
         model.tiny.init_std=0.06
 
-Results are printed and written to ``benchmarks/results/expression_grounding_<tag>.json``.
+Results are printed and written to ``experiments/results/expression_grounding_<tag>.json``.
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ from collections import defaultdict
 from dataclasses import replace
 
 import torch
-from probe_grounding import image_phrases
 from probe_shapes_learning import probe_optimizer, train_l1_steps, write_result
-from probe_token_retrieval import image_tokens, per_image
+from probe_token_retrieval import image_phrases, image_tokens, per_image
 
 DATASETS = ("shapes", "shapes+", "shapesg")
 
@@ -120,7 +119,7 @@ class ExpressionGrounder(torch.nn.Module):
         padded = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True)
         with self.model.adapters.use(SPATIAL):
             mask = torch.ones(padded.shape[:2], dtype=torch.long)
-            states = self.model._language_model(padded, mask).last_hidden_state
+            states = self.model.language_model(inputs_embeds=padded, attention_mask=mask).last_hidden_state
         return self.head(self.norm(states[torch.arange(len(rows)), read_at])).sigmoid()
 
 
