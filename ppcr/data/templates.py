@@ -181,8 +181,11 @@ LLAVA_USER_PREFIX = f"USER: {IMAGE_TOKEN}\n"
 LLAVA_ASSISTANT = " ASSISTANT:"
 
 
-def llava_prompt(question: str, answer: str | None = None) -> str:
+def llava_prompt(question: str, answer: str | None = None, *, image_first: bool = True) -> str:
     """One LLaVA-1.5 turn as llava-hf expects it: ``"USER: <image>\\n{question} ASSISTANT: {answer}"``.
+
+    ``image_first=False`` puts the question before the image (``"USER: {question}\\n<image> ..."``,
+    ``model.prompt_order: question_first``), an order LLaVA's instruction data also uses.
 
     With ``answer=None`` the text ends with ``"ASSISTANT:"`` (the generation prompt). The answer
     starts right after ``llava_prompt(question)`` plus one space —
@@ -191,5 +194,6 @@ def llava_prompt(question: str, answer: str | None = None) -> str:
     token). No system prompt and no ``</s>``: the caller appends the tokenizer's EOS id if the
     answer should be terminated.
     """
-    prompt = f"{LLAVA_USER_PREFIX}{question}{LLAVA_ASSISTANT}"
+    user = f"{LLAVA_USER_PREFIX}{question}" if image_first else f"USER: {question}\n{IMAGE_TOKEN}"
+    prompt = f"{user}{LLAVA_ASSISTANT}"
     return prompt if answer is None else f"{prompt} {answer}"

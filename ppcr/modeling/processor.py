@@ -9,6 +9,7 @@ Tokenisation: the whole conversation is tokenised once (``<image>`` is an added 
 text before it is always tokenised the same way and every prompt of an image shares the same
 prefix ids), the single ``<image>`` id is expanded to the image-token count, BOS is prepended,
 EOS appended. Labels are -100 except on the answer tokens and EOS. Sequences are right-padded.
+With ``model.prompt_order: question_first`` the question comes before the image in both stages.
 A checkpoint whose prompt format says ``image_start_end`` (initialised from GLaMM) gets the image
 wrapped as ``<im_start><image><im_end>``, the sequence its LLM was trained on.
 Images are read once and prepared for both vision branches (``ClipPreprocess``, ``SamTransform``).
@@ -70,8 +71,10 @@ class PPCRProcessor:
         clip_pad_to_square: bool = True,
         max_length: int = 512,
         image_start_end: bool = False,
+        image_first: bool = True,
     ):
         self.tokenizer = tokenizer
+        self.image_first = bool(image_first)
         self.token_ids = token_ids
         self.image_start_end = bool(image_start_end)
         if self.image_start_end:
@@ -99,13 +102,14 @@ class PPCRProcessor:
             clip_pad_to_square=model.spec.clip_pad_to_square,
             max_length=model.spec.max_length,
             image_start_end=prompt_format(model).image_start_end,
+            image_first=model.spec.prompt_order == "image_first",
         )
 
     # ------------------------------------------------------------------ text
 
     def _conversation(self, question: str, answer: str | None = None) -> str:
         """The LLaVA-1.5 turn, with the image wrapped as ``<im_start><image><im_end>`` if asked."""
-        text = templates.llava_prompt(question, answer)
+        text = templates.llava_prompt(question, answer, image_first=self.image_first)
         if self.image_start_end:
             wrapped = f"{IMAGE_START_TOKEN}{templates.IMAGE_TOKEN}{IMAGE_END_TOKEN}"
             text = text.replace(templates.IMAGE_TOKEN, wrapped, 1)

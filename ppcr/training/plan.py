@@ -82,6 +82,8 @@ def check_train_spec(train: TrainSpec, world_size: int) -> int:
         raise _fail("lr", f"must be a positive number, got {train.lr}")
     if not (0.0 <= train.gt_box_rate <= 1.0):
         raise _fail("gt_box_rate", f"must be in [0, 1], got {train.gt_box_rate}")
+    if not (math.isfinite(train.gt_box_jitter) and train.gt_box_jitter >= 0):
+        raise _fail("gt_box_jitter", f"must be a finite number of 0 or more, got {train.gt_box_jitter}")
     if train.mllm_lr is not None and not (math.isfinite(train.mllm_lr) and train.mllm_lr > 0):
         raise _fail("mllm_lr", f"must be a positive number (or null), got {train.mllm_lr}")
     if not (math.isfinite(train.weight_decay) and train.weight_decay >= 0):
