@@ -111,10 +111,14 @@ def test_frozen_parts_get_no_gradient_and_trainable_parts_do(semantic_model, bat
             assert not parameter.requires_grad and parameter.grad is None, name
     assert not model.llava.lm_head.weight.requires_grad and model.llava.lm_head.weight.grad is None
     for name, module in model.trainable_modules().items():
-        # SAM's IoU head is trainable but no PPCR loss reads its output (as in GLaMM/LISA).
-        grads = {n: p.grad for n, p in module.named_parameters() if not n.startswith("iou_prediction_head.")}
+        # SAM's IoU head and the hypernetworks of masks 2-4 are saved with the mask decoder but
+        # frozen: no PPCR loss reads their outputs (single-mask output, as in GLaMM/LISA).
+        grads = {n: p.grad for n, p in module.named_parameters() if p.requires_grad}
         assert all(g is not None for g in grads.values()), (name, [n for n, g in grads.items() if g is None])
         assert sum(float(g.abs().sum()) for g in grads.values()) > 0, name
+    decoder = model.sam.mask_decoder
+    for frozen_part in (decoder.iou_prediction_head, *decoder.output_hypernetworks_mlps[1:]):
+        assert not any(p.requires_grad for p in frozen_part.parameters())
 
 
 def test_unfrozen_encoders_get_gradients_from_the_training_forward(batch):

@@ -29,6 +29,12 @@ def check_recipe(recipe: Recipe) -> Recipe:
     check_data_spec(recipe.data)
     check_train_spec(recipe.train)
     check_eval_spec(recipe.eval)
+    if recipe.loss.patch_ce > 0 and recipe.model.spatial_head != "pointer":
+        raise RecipeError(
+            f"loss.patch_ce: supervises the pointer head's patch scores, but model.spatial_head is "
+            f"{recipe.model.spatial_head}",
+            hint="set model.spatial_head=pointer, or loss.patch_ce=0",
+        )
     return recipe
 
 
@@ -69,6 +75,11 @@ def check_model_spec(model: ModelSpec) -> None:
         _at_least(key, dim)
         if dim % head.heads:
             raise RecipeError(f"{key}: {dim} is not divisible by model.attn_head.heads = {head.heads}")
+    if model.spatial_head == "pointer":
+        if model.size == "tiny":
+            _at_least("model.tiny.pointer_head_dim", model.tiny.pointer_head_dim)
+        else:
+            _at_least("model.pointer_head.dim", model.pointer_head.dim)
     check_tiny_spec(model)
 
 
@@ -134,6 +145,8 @@ def check_train_spec(train: TrainSpec) -> None:
         _positive("train.mllm_lr", train.mllm_lr, "a positive number (or null)")
     if not (0.0 <= train.gt_box_rate <= 1.0):
         raise RecipeError(f"train.gt_box_rate: must be in [0, 1], got {train.gt_box_rate}")
+    if not (math.isfinite(train.gt_box_jitter) and train.gt_box_jitter >= 0):
+        raise RecipeError(f"train.gt_box_jitter: must be a finite number of 0 or more, got {train.gt_box_jitter}")
     if not (math.isfinite(train.weight_decay) and train.weight_decay >= 0):
         raise RecipeError(f"train.weight_decay: must be ≥ 0, got {train.weight_decay}")
     if len(train.betas) != 2 or not all(0.0 <= b < 1.0 for b in train.betas):

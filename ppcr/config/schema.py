@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 SpatialPrompt = Literal["none", "expression", "expression+semantic", "semantic"]
-SpatialHead = Literal["mlp", "attn"]
+SpatialHead = Literal["mlp", "attn", "pointer"]
+PromptOrder = Literal["image_first", "question_first"]
 HeadNorm = Literal["none", "batch"]
 PositionInit = Literal["random", "sincos"]
 BoxSource = Literal["predicted", "gt"]
@@ -50,13 +51,22 @@ class AttnHeadSpec:
 
 
 @dataclass
+class PointerHeadSpec:
+    """The pointer box head (our extension, not in the paper): P_box^seg scores the image tokens,
+    each proposes a box around its patch. ``dim`` is the width of its query, keys and proposal MLP."""
+
+    dim: int = 256
+
+
+@dataclass
 class TinySpec:
     """Sizes of the tiny model used on CPU (only read when ``model.size``/``model.sam`` is ``tiny``).
 
     Same classes as the real model (CLIP vision tower, Llama, SAM), small widths. The tokenizer is
     a byte-level BPE trained on the Shapes-Ref words and the prompt templates; ``vocab_size`` is
     its size before the PPCR tokens are added. ``attn_head_dim`` replaces ``attn_head.dim`` for
-    the tiny model (the ablation overlays set only ``spatial_head``). ``init_std`` is the normal
+    the tiny model (the ablation overlays set only ``spatial_head``), ``pointer_head_dim``
+    ``pointer_head.dim``. ``init_std`` is the normal
     init's std of the tiny LLM's weights and of CLIP's patch and position embeddings (transformers'
     ``initializer_range``). ``clip_position_init: sincos`` starts CLIP's learned position
     embeddings as 2-D sine-cosine codes (as MAE's ViT) instead of small random vectors, so image
@@ -84,6 +94,7 @@ class TinySpec:
     sam_decoder_mlp_dim: int = 256
     sam_decoder_heads: int = 4
     attn_head_dim: int = 64
+    pointer_head_dim: int = 64
     init_std: float = 0.02
     clip_position_init: PositionInit = "random"
 
@@ -104,6 +115,11 @@ class ModelSpec:
     spatial_prompt: SpatialPrompt = "semantic"
     spatial_head: SpatialHead = "mlp"
     attn_head: AttnHeadSpec = field(default_factory=AttnHeadSpec)
+    pointer_head: PointerHeadSpec = field(default_factory=PointerHeadSpec)
+    # Where the question goes in each stage's prompt: after the image (LLaVA-1.5's
+    # "<image>\n{question}", the default) or before it ("{question}\n<image>", also in LLaVA's
+    # data), so the image tokens read the question; that loses the per-image shared prefix.
+    prompt_order: PromptOrder = "image_first"
     head_norm: HeadNorm = "none"
     lora: LoraSpec = field(default_factory=LoraSpec)
     max_length: int = 512
@@ -139,6 +155,9 @@ class LossSpec:
     dice: float = 0.5
     l1: float = 2.0
     ce: float = 0.5
+    # Not in the paper: cross-entropy of the pointer head's patch scores against the patch that
+    # holds the ground-truth box's centre (spatial_head: pointer only).
+    patch_ce: float = 0.0
 
 
 @dataclass
@@ -172,6 +191,10 @@ class TrainSpec:
     # (teacher forcing, drawn per sample). 0 is the paper; a from-scratch SAM otherwise never sees
     # a box good enough to learn box → mask from.
     gt_box_rate: float = 0.0
+    # With gt_box_rate: the teacher-forced box is jittered as a pointer that found the right CLIP
+    # patch would give it: centre redrawn inside its patch, width and height scaled by
+    # exp(U(-j, j)). 0: the exact box.
+    gt_box_jitter: float = 0.0
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     scheduler: Literal["WarmupDecayLR"] = "WarmupDecayLR"

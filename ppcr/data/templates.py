@@ -206,24 +206,32 @@ def conversation(
     system: str = "",
     image_text: str = LLAVA_HF_IMAGE_TEXT,
     image_start_end: bool = False,
+    image_first: bool = True,
 ) -> str:
     """One LLaVA-1.5 (``conv_llava_v1``) turn: ``"[{system} ]USER: {image_text}{question} ASSISTANT:[ {answer}]"``.
 
     ``image_text`` carries the ``<image>`` placeholder, wrapped as ``<im_start><image><im_end>``
     with ``image_start_end``. The defaults give llava-hf's prompt (no system prompt, a bare
     ``<image>`` line); GLaMM's is ``system=LLAVA_V1_SYSTEM, image_text=GLAMM_IMAGE_TEXT,
-    image_start_end=True``. The turn's closing separator (``</s>``) is not written: the caller
-    appends the tokenizer's EOS id, which is what ``</s>`` tokenises to.
+    image_start_end=True``. ``image_first=False`` puts the question first and the image text after
+    it on the next line (``"USER: {question}\\n<image> ASSISTANT:"``; ``model.prompt_order:
+    question_first``), an order LLaVA's instruction data also uses. The turn's closing separator
+    (``</s>``) is not written: the caller appends the tokenizer's EOS id, which is what ``</s>``
+    tokenises to.
     """
     image = f"{IMAGE_START_TOKEN}{IMAGE_TOKEN}{IMAGE_END_TOKEN}" if image_start_end else IMAGE_TOKEN
     user = image_text.replace(IMAGE_TOKEN, image, 1)
+    user = f"{user}{question}" if image_first else f"{question}\n{user.rstrip(chr(10))}"
     head = f"{system}{LLAVA_V1_SEP}" if system else ""
-    prompt = f"{head}USER: {user}{question}{LLAVA_ASSISTANT}"
+    prompt = f"{head}USER: {user}{LLAVA_ASSISTANT}"
     return prompt if answer is None else f"{prompt}{LLAVA_V1_SEP}{answer}"
 
 
-def llava_prompt(question: str, answer: str | None = None) -> str:
+def llava_prompt(question: str, answer: str | None = None, *, image_first: bool = True) -> str:
     """One LLaVA-1.5 turn as llava-hf expects it: ``"USER: <image>\\n{question} ASSISTANT: {answer}"``.
+
+    ``image_first=False`` puts the question before the image (``"USER: {question}\\n<image> ..."``,
+    ``model.prompt_order: question_first``), an order LLaVA's instruction data also uses.
 
     With ``answer=None`` the text ends with ``"ASSISTANT:"`` (the generation prompt). The answer
     starts right after ``llava_prompt(question)`` plus one space —
@@ -232,4 +240,4 @@ def llava_prompt(question: str, answer: str | None = None) -> str:
     token). No system prompt and no ``</s>``: the caller appends the tokenizer's EOS id if the
     answer should be terminated.
     """
-    return conversation(question, answer)
+    return conversation(question, answer, image_first=image_first)

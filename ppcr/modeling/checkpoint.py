@@ -271,7 +271,12 @@ def load_checkpoint(
     loadable = tuple(n for n in model.adapters.names if n in saved_adapters)
     AdapterSet(model.llm, loadable).load(directory)
     saved = config.model
-    skip = set() if (saved.spatial_head, saved.attn_head) == (wanted.spatial_head, wanted.attn_head) else {"box_head"}
+    same_head = (saved.spatial_head, saved.attn_head, saved.pointer_head) == (
+        wanted.spatial_head,
+        wanted.attn_head,
+        wanted.pointer_head,
+    )
+    skip = set() if same_head else {"box_head"}
     _load_heads(model, directory, _saved_module_names(saved), skip)
     model.recipe = config.recipe
     model.prompt_format = config.prompt

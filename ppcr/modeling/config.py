@@ -78,10 +78,11 @@ class PromptFormat:
             if reserved:
                 raise TypeError(f"prompt.{name} must not contain the model token {reserved[0]}")
 
-    def conversation(self, question: str, answer: str | None = None) -> str:
+    def conversation(self, question: str, answer: str | None = None, *, image_first: bool = True) -> str:
         """One turn in this format (see :func:`ppcr.data.templates.conversation`)."""
         return templates.conversation(
-            question, answer, system=self.system, image_text=self.image_text, image_start_end=self.image_start_end
+            question, answer, system=self.system, image_text=self.image_text,
+            image_start_end=self.image_start_end, image_first=image_first,
         )
 
 

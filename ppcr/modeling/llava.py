@@ -122,7 +122,8 @@ def tiny_llava_config(tiny: TinySpec, vocab_size: int, token_ids: TokenIds) -> "
         image_seq_length=grid * grid,
         projector_hidden_act="gelu",
         vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
+        # The last layer, not LLaVA's -2: on a 2-layer CLIP, -2 would leave the last layer untrained.
+        vision_feature_layer=-1,
         multimodal_projector_bias=True,
         tie_word_embeddings=False,
         initializer_range=tiny.init_std,  # LLaVA's own init (LLM, projector) reads this one

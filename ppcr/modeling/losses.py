@@ -7,6 +7,8 @@
   1000, eps 1e-6);
 - L1 between the predicted normalised box (the raw F_Map output, so the head learns to emit
   ordered corners) and the ground-truth normalised xyxy, averaged over coordinates and boxes;
+- patch CE (not in the paper; ``spatial_head: pointer``), the cross-entropy of the pointer's
+  scores over CLIP's patches against the patch holding the ground-truth box's centre;
 - CE, the next-token loss over the assistant answers of both stages (token mean over all
   answer tokens of the batch; it teaches the model to emit ``[SEG]`` and ``[BOX]``).
 """
@@ -52,6 +54,16 @@ def box_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(pred.float(), target.to(device=pred.device, dtype=torch.float32))
 
 
+def patch_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the pointer's patch scores (B×P) against the target patch index."""
+    return F.cross_entropy(logits.float(), target.to(logits.device))
+
+
+def top1_accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Share of rows whose highest score is the target (a metric, not optimised)."""
+    return (logits.argmax(dim=-1) == target.to(logits.device)).float().mean().detach()
+
+
 def answer_ce(ce_sum: torch.Tensor, ce_count: int) -> torch.Tensor:
     """Token-mean cross-entropy from a summed loss and the number of answer tokens."""
     return ce_sum / max(int(ce_count), 1)
@@ -59,7 +71,7 @@ def answer_ce(ce_sum: torch.Tensor, ce_count: int) -> torch.Tensor:
 
 def weighted_total(losses: dict[str, torch.Tensor], weights: LossSpec) -> torch.Tensor:
     """``λ1·bce + λ2·dice + λ3·l1 + λ4·ce`` over the terms present in ``losses``."""
-    lam = {"bce": weights.bce, "dice": weights.dice, "l1": weights.l1, "ce": weights.ce}
+    lam = {"bce": weights.bce, "dice": weights.dice, "l1": weights.l1, "ce": weights.ce, "patch_ce": weights.patch_ce}
     total = None
     for name, value in losses.items():
         term = lam[name] * value

@@ -37,9 +37,10 @@ from ppcr.modeling import losses as L
 from ppcr.modeling.adapters import SEMANTIC, SPATIAL, AdapterSet
 from ppcr.modeling.batch import ImageInputs, PPCRBatch, StageInputs, TextInputs
 from ppcr.modeling.config import BaseWeights, PromptFormat, TokenIds
-from ppcr.modeling.heads import AttnBoxHead, BoxMLP, SemanticProjection, StateStandardiser
+from ppcr.modeling.heads import AttnBoxHead, BoxMLP, PointerBoxHead, SemanticProjection, StateStandardiser
 from ppcr.modeling.kv_cache import cache_keyword, returned_cache
 from ppcr.modeling.llava import ensure_vocab_rows, image_seq_length
+from ppcr.modeling.patch_grid import PatchGrid
 from ppcr.modeling.token_rows import AddedTokenRows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,6 +73,7 @@ class PPCRPrediction:
     ``mask_logits``: one float32 H×W tensor per sample (its image's original size);
     ``boxes``: B×4 normalised xyxy from the box head (None for ``spatial_prompt=none``);
     ``sam_boxes``: B×4 boxes actually given to SAM, in its resized-input frame (None if no box);
+    ``patch_logits``: B×P scores over CLIP's patches (``spatial_head: pointer`` only);
     ``h_sem``/``p_box``: the LLM hidden states (P_txt^seg, P_box^seg); ``semantic_prompt``: the
     SAM token made from h_sem; ``iou_predictions``: SAM's own quality head for the mask (its
     pretrained estimate; not trained by PPCR's losses); ``scores``: the confidence we report, the
@@ -88,6 +90,7 @@ class PPCRPrediction:
     scores: torch.Tensor
     ce_sum: Optional[torch.Tensor] = None
     ce_count: int = 0
+    patch_logits: Optional[torch.Tensor] = None
 
     @property
     def masks(self) -> list[torch.Tensor]:
@@ -96,7 +99,8 @@ class PPCRPrediction:
 
 @dataclass
 class PPCROutput:
-    """Training forward result: the weighted loss, its unweighted terms and the predictions."""
+    """Training forward result: the weighted loss, its unweighted terms, metrics that are not
+    optimised (``patch_acc``: top-1 patch accuracy of the pointer head) and the predictions."""
 
     loss: torch.Tensor
     losses: dict[str, torch.Tensor]
@@ -105,6 +109,7 @@ class PPCROutput:
     h_sem: torch.Tensor
     p_box: Optional[torch.Tensor]
     prediction: PPCRPrediction = field(repr=False)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _positions_before(input_ids: torch.Tensor, token_id: int, what: str) -> torch.Tensor:
@@ -163,11 +168,16 @@ class PPCRModel(nn.Module):
         uses_sem_slot = spec.spatial_prompt in ("semantic", "expression+semantic")
         self.sem_to_input = nn.Linear(hidden, hidden) if uses_sem_slot else None
         self.box_head: Optional[nn.Module] = None
+        self.patch_grid: Optional[PatchGrid] = None
         if spec.spatial_prompt != "none":
             if spec.spatial_head == "attn":
                 head = spec.attn_head
                 dim = spec.tiny.attn_head_dim if spec.size == "tiny" else head.dim
                 self.box_head = AttnBoxHead(hidden, self.image_seq_length, dim, head.layers, head.heads, head.mlp_ratio)
+            elif spec.spatial_head == "pointer":
+                self.patch_grid = self.clip_patch_grid()
+                dim = spec.tiny.pointer_head_dim if spec.size == "tiny" else spec.pointer_head.dim
+                self.box_head = PointerBoxHead(hidden, dim)
             else:
                 self.box_head = BoxMLP(hidden)
         standardise = spec.head_norm == "batch"
@@ -202,6 +212,18 @@ class PPCRModel(nn.Module):
     @property
     def sam_image_size(self) -> int:
         return int(self.sam.image_encoder.img_size)
+
+    def clip_patch_grid(self) -> PatchGrid:
+        """CLIP's patch grid, one image token per patch (what the pointer head points at)."""
+        vision = self.llava.config.vision_config
+        grid = int(vision.image_size) // int(vision.patch_size)
+        if grid * grid != self.image_seq_length:
+            raise PPCRError(
+                f"spatial_head=pointer needs one image token per CLIP patch ({grid}x{grid}), "
+                f"but the model has {self.image_seq_length} image tokens",
+                hint="use vision_feature_select_strategy 'default' (LLaVA-1.5's)",
+            )
+        return PatchGrid(grid, self.clip_image_size, self.spec.clip_pad_to_square)
 
     def trainable_module_paths(self) -> dict[str, str]:
         """Name → attribute path of the fully trainable modules besides the LoRA adapters.
@@ -250,6 +272,26 @@ class PPCRModel(nn.Module):
             for module in self.base_component(name):
                 for parameter in module.parameters():
                     parameter.requires_grad_(True)
+        for module in self.unreached_modules():
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
+    def unreached_modules(self) -> list[nn.Module]:
+        """Parts of the trained modules that no PPCR forward reaches, kept frozen so the optimizer
+        carries no dead weights: LLaVA reads CLIP's hidden states, never its pooled output
+        (``post_layernorm``); SAM is prompted with a box (or nothing) and the semantic token, never
+        with points or a mask; its IoU estimate is not in the objective; single-mask output reads
+        only the first mask token's hypernetwork."""
+        tower = self.llava.model.vision_tower
+        vision = getattr(tower, "vision_model", tower)
+        prompt, decoder = self.sam.prompt_encoder, self.sam.mask_decoder
+        unreached = [prompt.point_embeddings[0], prompt.point_embeddings[1], prompt.not_a_point_embed]
+        unreached += [prompt.mask_downscaling, decoder.iou_prediction_head, *decoder.output_hypernetworks_mlps[1:]]
+        if self.box_head is None:  # spatial_prompt=none: no box corners either
+            unreached += [prompt.point_embeddings[2], prompt.point_embeddings[3]]
+        if getattr(vision, "post_layernorm", None) is not None:
+            unreached.append(vision.post_layernorm)
+        return unreached
 
     def base_component(self, name: str) -> list[nn.Module]:
         """The modules behind a ``model.unfreeze`` name (see ``ModelSpec.unfreeze``)."""
@@ -393,7 +435,10 @@ class PPCRModel(nn.Module):
             return out.last_hidden_state
 
     def _prefix_length(self, input_ids: torch.Tensor) -> Optional[int]:
-        """Length of the prefix every row shares up to and including the image tokens, if any."""
+        """Length of the prefix every row shares up to and including the image tokens, if any.
+
+        With the question before the image (``prompt_order: question_first``) rows share at most
+        their template, so there is usually no such prefix and every row runs whole."""
         image_slots = (input_ids == self.token_ids.image).to(torch.long)
         if int(image_slots.sum()) == 0:
             return None
@@ -403,6 +448,8 @@ class PPCRModel(nn.Module):
         length = int(last[0]) + 1
         if not bool((input_ids[:, :length] == input_ids[:1, :length]).all()):
             return None
+        if bool((input_ids[:, :length] == self.token_ids.sem).any()):
+            return None  # <sem> carries each row's own h_sem: equal ids, different inputs
         return length
 
     def _shared_prefix_hidden(
@@ -526,6 +573,7 @@ class PPCRModel(nn.Module):
         share_prefix: bool,
         compute_ce: bool,
         gt_box_rows: Optional[torch.Tensor] = None,
+        teacher_boxes: Optional[torch.Tensor] = None,
     ) -> PPCRPrediction:
         image_index = text.image_index.to(features.clip_tokens.device)
         if int(image_index.max()) >= len(features) or int(image_index.min()) < 0:
@@ -544,7 +592,7 @@ class PPCRModel(nn.Module):
         semantic_prompt, sem_input = self.semantic_prompts(h_sem)
 
         # Stage 2: spatial grounding.
-        boxes = p_box = None
+        boxes = p_box = patch_logits = None
         if self.box_head is not None:
             if text.spatial is None:
                 raise PPCRError(f"spatial_prompt={self.spec.spatial_prompt!r} needs spatial prompts")
@@ -552,7 +600,10 @@ class PPCRModel(nn.Module):
             hidden2 = self._stage_hidden(SPATIAL, spatial, features.clip_tokens, image_index, sem_input, share_prefix)
             p_box = hidden2[rows, _positions_before(spatial.input_ids, self.token_ids.box, "[BOX]")]
             head_box = self.p_box_norm(p_box) if self.p_box_norm is not None else p_box
-            boxes = self.box_head(head_box, features.clip_tokens.index_select(0, image_index))
+            if self.patch_grid is not None:
+                boxes, patch_logits = self._point(head_box, hidden2, spatial.input_ids, features, image_index)
+            else:
+                boxes = self.box_head(head_box, features.clip_tokens.index_select(0, image_index))
             if compute_ce:
                 ce2, count2 = self._answer_ce(hidden2, spatial.labels)
                 ce_sum, ce_count = ce_sum + ce2, ce_count + count2
@@ -563,7 +614,8 @@ class PPCRModel(nn.Module):
             if gt_boxes is None:
                 raise PPCRError("gt_box_rows needs ground-truth boxes")
             rows_gt = gt_box_rows.to(boxes.device).view(-1, 1)
-            sam_input = torch.where(rows_gt, gt_boxes.to(boxes), boxes)
+            teacher = gt_boxes if teacher_boxes is None else teacher_boxes
+            sam_input = torch.where(rows_gt, teacher.to(boxes), boxes)
         mask_logits, iou, sam_boxes = self._sam_masks(features, image_index, semantic_prompt, sam_input)
         scores = torch.stack([_mask_confidence(m) for m in mask_logits])
         return PPCRPrediction(
@@ -577,7 +629,30 @@ class PPCRModel(nn.Module):
             scores=scores,
             ce_sum=ce_sum,
             ce_count=ce_count,
+            patch_logits=patch_logits,
         )
+
+    def _point(
+        self,
+        p_box: torch.Tensor,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        features: ImageFeatures,
+        image_index: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pointer head over the spatial stage's image-token states (boxes, patch logits)."""
+        slots = input_ids == self.token_ids.image
+        batch, patches = input_ids.shape[0], self.image_seq_length
+        image_states = hidden[slots].view(batch, patches, hidden.shape[-1])
+        sizes = [features.original_sizes[i] for i in image_index.tolist()]
+        anchors, cell = self.patch_grid.anchors(sizes, device=p_box.device)
+        return self.box_head(p_box, image_states, anchors, cell)
+
+    def target_patches(self, gt_boxes: torch.Tensor, image_index: torch.Tensor, features: ImageFeatures) -> torch.Tensor:
+        """Index of the CLIP patch holding each ground-truth box's centre (what patch CE asks for)."""
+        sizes = [features.original_sizes[i] for i in image_index.tolist()]
+        centres = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+        return self.patch_grid.patch_index(centres, sizes)
 
     @torch.no_grad()
     def segment(
@@ -599,14 +674,21 @@ class PPCRModel(nn.Module):
         )
 
     def forward(
-        self, batch: PPCRBatch, box_source: BoxSource = "predicted", gt_box_rows: Optional[torch.Tensor] = None
+        self,
+        batch: PPCRBatch,
+        box_source: BoxSource = "predicted",
+        gt_box_rows: Optional[torch.Tensor] = None,
+        teacher_boxes: Optional[torch.Tensor] = None,
     ) -> PPCROutput:
         """Training forward: predictions plus ``loss = λ·(bce, dice, l1, ce)`` (docs/design.md, "Objective").
 
         Terms without ground truth in the batch are left out (no masks → no bce/dice; no boxes
         or no spatial stage → no l1). ``gt_box_rows`` (bool per sample): those samples' SAM gets
         the ground-truth box instead of the predicted one (``train.gt_box_rate``, teacher forcing);
-        the box head is still trained on its own prediction by the L1 term.
+        the box head is still trained on its own prediction by the L1 term. ``teacher_boxes``
+        (B×4, e.g. jittered ground truth) replace the exact boxes for those samples. With the
+        pointer head, ``patch_ce`` is the cross-entropy of its patch scores against the patch
+        holding the box centre, and ``metrics["patch_acc"]`` the share it points at correctly.
         """
         features = self._encode_images(batch.images)
         prediction = self._predict(
@@ -617,13 +699,20 @@ class PPCRModel(nn.Module):
             share_prefix=False,
             compute_ce=True,
             gt_box_rows=gt_box_rows,
+            teacher_boxes=teacher_boxes,
         )
         terms: dict[str, torch.Tensor] = {}
+        metrics: dict[str, torch.Tensor] = {}
         if batch.gt_masks is not None:
             terms["bce"] = L.mask_bce(prediction.mask_logits, batch.gt_masks)
             terms["dice"] = L.mask_dice(prediction.mask_logits, batch.gt_masks)
         if prediction.boxes is not None and batch.gt_boxes is not None:
             terms["l1"] = L.box_l1(prediction.boxes, batch.gt_boxes)
+        if prediction.patch_logits is not None and batch.gt_boxes is not None:
+            image_index = batch.text.image_index.to(prediction.patch_logits.device)
+            target = self.target_patches(batch.gt_boxes.to(prediction.patch_logits.device), image_index, features)
+            terms["patch_ce"] = L.patch_ce(prediction.patch_logits, target)
+            metrics["patch_acc"] = L.top1_accuracy(prediction.patch_logits, target)
         terms["ce"] = L.answer_ce(prediction.ce_sum, prediction.ce_count)
         loss = L.weighted_total(terms, self.loss_weights)
         return PPCROutput(
@@ -634,6 +723,7 @@ class PPCRModel(nn.Module):
             h_sem=prediction.h_sem,
             p_box=prediction.p_box,
             prediction=prediction,
+            metrics=metrics,
         )
 
     # ------------------------------------------------------------------ persistence

@@ -13,6 +13,7 @@ The conversation around the question follows the model's
 :class:`~ppcr.modeling.config.PromptFormat` (stored in its checkpoint): llava-hf's turn by default,
 GLaMM's system prompt and ``The <im_start><image><im_end> provides an overview of the picture.``
 for a model initialised from GLaMM, the sequence its LLM was trained on.
+With ``model.prompt_order: question_first`` the question comes before the image in both stages.
 Images are read once and prepared for both vision branches (``ClipPreprocess``, ``SamTransform``).
 """
 
@@ -72,8 +73,10 @@ class PPCRProcessor:
         clip_pad_to_square: bool = True,
         max_length: int = 512,
         prompt: PromptFormat = PromptFormat(),
+        image_first: bool = True,
     ):
         self.tokenizer = tokenizer
+        self.image_first = bool(image_first)
         self.token_ids = token_ids
         self.prompt = prompt
         if prompt.image_start_end:
@@ -101,13 +104,14 @@ class PPCRProcessor:
             clip_pad_to_square=model.spec.clip_pad_to_square,
             max_length=model.spec.max_length,
             prompt=prompt_format(model),
+            image_first=model.spec.prompt_order == "image_first",
         )
 
     # ------------------------------------------------------------------ text
 
     def conversation(self, question: str, answer: str | None = None) -> str:
-        """The text of one turn in the model's prompt format (before tokenisation)."""
-        return self.prompt.conversation(question, answer)
+        """The text of one turn in the model's prompt format and prompt order (before tokenisation)."""
+        return self.prompt.conversation(question, answer, image_first=self.image_first)
 
     def _encode_turn(self, question: str, answer: str) -> tuple[list[int], list[int]]:
         """(input_ids, labels) of one conversation, ``<image>`` expanded, BOS/EOS added."""

@@ -4,7 +4,8 @@ Model contract (the PPCR model and the tests' stand-in both follow it):
 
 * ``model_factory(recipe) -> nn.Module``; ``model(batch)`` returns an object with ``.loss`` (the
   weighted total, a scalar tensor) and ``.losses`` (a dict of unweighted scalar terms, the same
-  keys every call). The model casts floating inputs to its own dtype (DeepSpeed casts the module
+  keys every call), optionally ``.metrics`` (a dict of scalars that are logged, not optimised,
+  e.g. PPCR's ``patch_acc``). The model casts floating inputs to its own dtype (DeepSpeed casts the module
   to bf16/fp16 in those precisions, never the batch).
 * ``model.save_pretrained(directory, state_dict=None)`` writes a self-contained checkpoint
   (from ``state_dict`` when given, whose keys are ``model.state_dict()``'s); its
@@ -285,13 +286,15 @@ class Trainer:
                 f"the model returned {type(output).__name__}; the trainer needs an object with "
                 "a .loss tensor and a .losses dict"
             )
-        names = sorted(losses)
+        metrics = getattr(output, "metrics", None) or {}
+        values = {**losses, **{f"metric:{k}": v for k, v in metrics.items()}}
+        names = sorted(values)
         if self.term_names is None:
             self.term_names = names
         elif names != self.term_names:
             raise TrainingError(f"the model's loss terms changed from {self.term_names} to {names}")
         device = self.dist.device
-        return torch.stack([_scalar(loss, device), *(_scalar(losses[k], device) for k in names)])
+        return torch.stack([_scalar(loss, device), *(_scalar(values[k], device) for k in names)])
 
     def _non_finite(self, summed: torch.Tensor, micro: int) -> NonFiniteLossError:
         mean = (summed / self.dist.world_size).tolist()
@@ -336,11 +339,14 @@ class Trainer:
             "epoch": epoch,
             "lr": lrs[0],
             "loss": mean[0],
-            "losses": {name: mean[i + 1] for i, name in enumerate(self.term_names or [])},
+            "losses": {name: mean[i + 1] for i, name in enumerate(self.term_names or []) if ":" not in name},
             "samples_per_s": window.samples / window.seconds if window.seconds > 0 else 0.0,
             "steps_in_window": window.steps,
             "time": time.time(),
         }
+        metrics = {name[7:]: mean[i + 1] for i, name in enumerate(self.term_names or []) if name.startswith("metric:")}
+        if metrics:
+            row["metrics"] = metrics
         if len(lrs) > 1:
             row["group_lrs"] = lrs
         if self.metrics is not None:

@@ -171,6 +171,6 @@ def write_env(run_dir: Path, env: dict[str, Any]) -> Path:
 def progress_info(row: dict[str, Any]) -> str:
     """The progress bar's text for one metrics row: every parameter group's lr, not only the
     first, so a recipe with ``train.mllm_lr`` shows both schedules."""
-    terms = " ".join(f"{k}={v:.4g}" for k, v in row.get("losses", {}).items())
+    terms = " ".join(f"{k}={v:.4g}" for k, v in {**row.get("losses", {}), **row.get("metrics", {})}.items())
     lr = "/".join(f"{value:.3g}" for value in row.get("group_lrs", [row["lr"]]))
     return f"loss={row['loss']:.4g} {terms} lr={lr} {row['samples_per_s']:.1f} samples/s"

@@ -124,10 +124,22 @@ class PPCRTrainModule(nn.Module):
         batch = self.processor(samples, rng=rng)
         device = next(self.model.parameters()).device
         rate = self.recipe.train.gt_box_rate
-        gt_box_rows = None
+        gt_box_rows = teacher_boxes = None
         if self.training and rate > 0:  # drawn from the same per-batch seed: resumes replay it
             gt_box_rows = torch.tensor([rng.random() < rate for _ in items])
-        return self.model(batch.to(device), gt_box_rows=gt_box_rows)
+            teacher_boxes = self._jittered_boxes(batch, rng)
+        return self.model(batch.to(device), gt_box_rows=gt_box_rows, teacher_boxes=teacher_boxes)
+
+    def _jittered_boxes(self, batch, rng: random.Random) -> Optional[torch.Tensor]:
+        """Teacher-forced boxes as a pointer that found the right CLIP patch would give them
+        (``train.gt_box_jitter``); None keeps the exact boxes."""
+        jitter = self.recipe.train.gt_box_jitter
+        if jitter <= 0 or batch.gt_boxes is None:
+            return None
+        grid = self.model.clip_patch_grid()
+        sizes = [batch.images.original_sizes[i] for i in batch.text.image_index.tolist()]
+        generator = torch.Generator().manual_seed(rng.getrandbits(63))
+        return grid.jitter_boxes(batch.gt_boxes, sizes, jitter, generator)
 
     def is_mllm_parameter(self, name: str) -> bool:
         """LLaVA's parameters (LoRA adapters and any unfrozen base) and the added token rows."""
