@@ -13,6 +13,7 @@ from ppcr.evaluation.paper_tables import (
     COLUMNS,
     OIOU_COLUMNS,
     PAPER_TABLES,
+    POINTER_ROW,
     VARIANT_SETTINGS,
     variant_label,
 )
@@ -131,7 +132,12 @@ def test_rows_shared_between_tables_agree():
 
 def test_variant_settings_cover_every_ablation_row():
     ablation_rows = {row.method for n in (2, 3) for row in PAPER_TABLES[n].rows}
-    assert set(VARIANT_SETTINGS) == ablation_rows
+    assert set(VARIANT_SETTINGS) == ablation_rows | {POINTER_ROW}
+    # Our pointer head is an extension: a measured-only row, never in the paper's own rows.
+    assert all(POINTER_ROW not in {row.method for row in table.rows} for table in PAPER_TABLES.values())
+    assert VARIANT_SETTINGS[POINTER_ROW] == {
+        "spatial_prompt": "semantic", "spatial_head": "pointer", "box_source": "predicted"
+    }
     assert VARIANT_SETTINGS["w/o Spatial SP"]["spatial_prompt"] == "none"
     assert VARIANT_SETTINGS["w/ Spatial SP (RE)"]["spatial_prompt"] == "expression"
     assert VARIANT_SETTINGS["w/ Spatial SP (RE + P_txt^seg)"]["spatial_prompt"] == "expression+semantic"

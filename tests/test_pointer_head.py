@@ -159,7 +159,8 @@ def test_patch_ce_teaches_the_pointer_where_the_target_is():
         first = float(out.losses["patch_ce"].detach()) if first is None else first
         out.loss.backward()
         optimizer.step()
-    assert float(model(batch).losses["patch_ce"]) < 0.5 * first
+    with torch.no_grad():
+        assert float(model(batch).losses["patch_ce"]) < 0.5 * first
 
 
 # ------------------------------------------------------------------ the question before the image

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ppcr.config.loading import dump_recipe, load_recipe
-from ppcr.evaluation.paper_tables import COLUMNS, PAPER_TABLES
+from ppcr.evaluation.paper_tables import COLUMNS, PAPER_TABLES, POINTER_ROW
 from ppcr.evaluation.tables import build_tables, tables_from_runs, to_csv, to_markdown
 from tests.test_cli import _assert_one_line_error, run
 
@@ -81,6 +81,8 @@ def runs(tmp_path) -> Path:
     _metrics(baseline / "eval" / "refcoco_testB", "refcoco", "testB", 70.0, 71.0)
     _recipe(root / "attn-expression", "shapes", "spatial-prompt=expression", "spatial-head=attn")
     _metrics(root / "attn-expression" / "eval" / "shapes_val", "shapes", "val", 1.0, 2.0)
+    _recipe(root / "pointer", "shapes", "spatial-head=pointer")
+    _metrics(root / "pointer" / "eval" / "shapes+_val", "shapes+", "val", 40.0, 41.0)
     (root / "broken").mkdir()
     (root / "broken" / "recipe.yaml").write_text("model:\n  spatial_prompt: bogus\n")
     return root
@@ -112,9 +114,14 @@ def test_measured_rows_land_in_the_right_tables_columns_and_family(runs):
     baseline = _row(measured, 2, "w/o Spatial SP", "measured on RefCOCO family (group/glamm-real)")
     assert [c for c in _cells(baseline) if c] == ["70.00", "71.00"]
     assert _cells(baseline)[COLUMNS.index(("refcoco", "oIoU", "testB"))] == "70.00"
-    # Each measured row only where the paper has that row.
+    # Our pointer head: a measured-only row after the paper's, in Tables 1 and 3 (not 2).
+    pointer = _row(measured, 3, POINTER_ROW, "Shapes-Ref (pointer)")
+    assert _cells(pointer)[COLUMNS.index(("refcoco+", "mIoU", "val"))] == "41.00"
+    assert [r["method"] for r in rows if r["table"] == "3"][-1] == POINTER_ROW
+    # Each measured row only where the paper has that row (or our extension row).
     assert {(r["table"], r["method"]) for r in measured} == {
         ("1", "PPCR"), ("2", "PPCR"), ("3", "PPCR"), ("3", "w/ GT Box (Oracle)"), ("2", "w/o Spatial SP"),
+        ("1", POINTER_ROW), ("3", POINTER_ROW),
     }
     assert any("broken" in note and "spatial_prompt" in note for note in notes)
     assert any("attn-expression" in note and "no row" in note for note in notes)

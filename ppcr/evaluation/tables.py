@@ -178,7 +178,7 @@ def build_tables(runs: Optional[list[Run]] = None) -> tuple[list[ComparisonTable
     measured, notes = measured_rows(runs or [])
     tables = []
     for number, paper in PAPER_TABLES.items():
-        order = [row.method for row in paper.rows]
+        order = [row.method for row in paper.rows] + list(paper.extensions)
         mine = sorted((row for row in measured if row.variant in order), key=lambda r: (order.index(r.variant), r.run))
         rows = [paper_row(row) for row in paper.rows] + [row.table_row() for row in mine]
         note = SHAPES_NOTE if any(row.family == "shapes" for row in mine) else None
