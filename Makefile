@@ -37,7 +37,7 @@ demo: setup
 	@echo "Try the model in a browser: $(BIN)/ppcr serve   (then open http://127.0.0.1:7860)"
 
 # Reproduces the embedded default model: the shapes-pointer recipe on a 10,000-image Shapes-Ref
-# drawn with seed 1 (the model is scored on data/shapes, seed 0), about 80 min on two CPU cores;
+# drawn with seed 1 (the model is scored on data/shapes, seed 0), about 50 min on two CPU cores;
 # an interrupted run resumes.
 TRAIN_DATA ?= data/shapes-10k
 default-model: setup
