@@ -29,12 +29,6 @@ def check_recipe(recipe: Recipe) -> Recipe:
     check_data_spec(recipe.data)
     check_train_spec(recipe.train)
     check_eval_spec(recipe.eval)
-    if recipe.loss.patch_ce > 0 and recipe.model.spatial_head != "pointer":
-        raise RecipeError(
-            f"loss.patch_ce: supervises the pointer head's patch scores, but model.spatial_head is "
-            f"{recipe.model.spatial_head}",
-            hint="set model.spatial_head=pointer, or loss.patch_ce=0",
-        )
     return recipe
 
 

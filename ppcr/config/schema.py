@@ -156,7 +156,8 @@ class LossSpec:
     l1: float = 2.0
     ce: float = 0.5
     # Not in the paper: cross-entropy of the pointer head's patch scores against the patch that
-    # holds the ground-truth box's centre (spatial_head: pointer only).
+    # holds the ground-truth box's centre. Ignored by the other heads, so
+    # the mlp/attn overlays compose with a pointer recipe.
     patch_ce: float = 0.0
 
 
