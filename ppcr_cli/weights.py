@@ -36,8 +36,8 @@ every q/v matrix (error and captured energy per matrix in the report; a warning 
 error is above 0.5). That SVD is RefSeg's LoRA only if --base is RefSeg's parent, so every tensor
 GLaMM's fine-tuning keeps frozen must be identical in both, or nothing is written. The spatial
 adapter starts fresh. The converted base is stored in the checkpoint, and its prompts are GLaMM's
-(llava_v1 system prompt, then "The <im_start><image><im_end> provides an overview of the
-picture." before the question).
+(llava_v1 system prompt, then `The <im_start><image><im_end> provides an overview of the
+picture.` before the question).
 
 Sources are hub ids already in the local Hugging Face cache (nothing is downloaded; use
 `hf download ID` first) or local directories/files; sharded .bin and safetensors are both read,
