@@ -53,7 +53,8 @@ def test_paper_trainable_parts(paper_rows):
     box_mlp = D * D + D + D * 4 + 4
     assert paper_rows["heads"] == (semantic_proj + sem_to_input + box_mlp,) * 2
     decoder = paper_rows["SAM mask decoder"]
-    assert decoder[0] == decoder[1] and 3.9e6 < decoder[0] < 4.2e6
+    # Trained except what no PPCR loss reaches (IoU head, hypernetworks of mask tokens 1-3).
+    assert 3.9e6 < decoder[0] < 4.2e6 and 3.3e6 < decoder[1] < decoder[0] - 0.4e6
     for frozen in ("CLIP vision tower", "projector", "SAM image encoder", "SAM prompt encoder"):
         assert paper_rows[frozen][1] == 0
 
