@@ -177,7 +177,6 @@ def spatial_turn(variant: str, expression: str, rng: random.Random | None = None
     return _fill(rng.choice(SPATIAL_QUESTIONS[variant]), text), rng.choice(SPATIAL_ANSWERS)
 
 
-LLAVA_USER_PREFIX = f"USER: {IMAGE_TOKEN}\n"
 LLAVA_ASSISTANT = " ASSISTANT:"
 
 # The image wrappers GLaMM's LLM was trained with (its ``mm_use_im_start_end``).

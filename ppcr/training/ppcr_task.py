@@ -28,7 +28,6 @@ from torch import nn
 from ppcr.config.schema import Recipe
 from ppcr.data.refer import ReferDataset
 from ppcr.evaluation.data import check_images_present
-from ppcr.errors import DataError
 
 
 @dataclass
