@@ -25,12 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
-from ppcr.config.schema import LossSpec, ModelSpec
+from ppcr.config.schema import BoxSource, LossSpec, ModelSpec, choices
 from ppcr.data.preprocess import SamTransform
 from ppcr.errors import PPCRError
 from ppcr.modeling import losses as L
@@ -48,8 +48,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
     from ppcr.modeling.model_card import MetricsArgument
-
-BoxSource = Literal["predicted", "gt"]
 
 
 @dataclass
@@ -578,8 +576,8 @@ class PPCRModel(nn.Module):
         image_index = text.image_index.to(features.clip_tokens.device)
         if int(image_index.max()) >= len(features) or int(image_index.min()) < 0:
             raise PPCRError(f"image_index out of range for {len(features)} encoded image(s)")
-        if box_source not in ("predicted", "gt"):
-            raise PPCRError(f"unknown box_source {box_source!r}; valid: predicted, gt")
+        if box_source not in choices(BoxSource):
+            raise PPCRError(f"unknown box_source {box_source!r}; valid: {', '.join(choices(BoxSource))}")
         if box_source == "gt" and gt_boxes is None:
             raise PPCRError("box_source='gt' needs ground-truth boxes", hint="pass gt_boxes (B×4 normalised xyxy)")
 

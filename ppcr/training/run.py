@@ -23,10 +23,10 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from ppcr.config.recipe_checks import check_recipe
-from ppcr.config.schema import Recipe
+from ppcr.config.schema import Launcher, Recipe
 from ppcr.training.errors import TrainingError
 from ppcr.training.layout import CHECKPOINTS_DIR, FINAL_DIR, RECIPE_FILE, RUN_ENTRIES, STATE_DIR, STEP_TAG
 from ppcr.training.plan import gradient_accumulation_steps
@@ -34,7 +34,6 @@ from ppcr.training.request import RunRequest
 from ppcr.training.result import TrainResult
 from ppcr.training.run_lock import run_directory_lock
 
-Launcher = Literal["auto", "spawn", "deepspeed"]
 # Keys that may change between an interrupted run and its resume without changing the training.
 RESUME_MAY_CHANGE = ("name", "description", "train.save_every", "train.log_every", "data.num_workers", "eval")
 
