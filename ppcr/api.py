@@ -1,6 +1,6 @@
 """``ppcr.train`` and ``ppcr.evaluate``: the two jobs of the command line as plain functions.
 
-They are thin: ``train`` is what ``ppcr train`` runs (:func:`ppcr.training.ppcr_task.train_ppcr`)
+They are thin: ``train`` is what ``ppcr train`` runs (:func:`ppcr.training.run.train`)
 and ``evaluate`` what ``ppcr eval`` runs for one split (:func:`ppcr.evaluation.evaluate.evaluate`),
 with the conveniences a notebook wants: a recipe by name with overrides, a model by folder, hub id
 or the embedded default.
@@ -43,7 +43,7 @@ def train(
     """
     from ppcr.config.schema import BoxSource, Launcher, Recipe
     from ppcr.errors import PPCRError
-    from ppcr.training.ppcr_task import train_ppcr
+    from ppcr.training.run import train as train_run
 
     overrides = list(overrides)
     if isinstance(recipe, Recipe):
@@ -57,7 +57,7 @@ def train(
         from ppcr.config.loading import load_recipe
 
         resolved = load_recipe(recipe, overrides)
-    return train_ppcr(
+    return train_run(
         resolved, out_dir, resume=resume, nproc=nproc, launcher=launcher, progress=progress, on_log=on_log
     )
 
