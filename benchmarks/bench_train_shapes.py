@@ -27,7 +27,7 @@ def main() -> None:
 
     from ppcr.config.loading import load_recipe
     from ppcr.data.shapes import generate_shapes_ref
-    from ppcr.training.ppcr_task import train_ppcr
+    from ppcr.training.run import train
 
     if not (args.data / "shapes" / "refs(unc).p").is_file():
         generate_shapes_ref(args.data)
@@ -38,7 +38,7 @@ def main() -> None:
     recipe = load_recipe("shapes", overrides)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        result = train_ppcr(recipe, Path(tmp) / "run", nproc=args.nproc, progress=False)
+        result = train(recipe, Path(tmp) / "run", nproc=args.nproc, progress=False)
         wall = time.perf_counter() - start
     row = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, python {platform.python_version()}",

@@ -124,7 +124,7 @@ def run_ablation(
     from ppcr.evaluation.evaluate import evaluate_many
     from ppcr.evaluation.runs import default_eval_dir
     from ppcr.modeling.model import PPCRModel
-    from ppcr.training.ppcr_task import train_ppcr
+    from ppcr.training.run import train
     from ppcr.utils.device import resolve_device
 
     torch_device = resolve_device(device)  # a device this machine lacks fails now, not after training
@@ -136,7 +136,7 @@ def run_ablation(
 
     result = AblationResult(plan)
     if plan.action != "reuse":
-        result.train_result = train_ppcr(
+        result.train_result = train(
             recipe, plan.run_dir, resume=plan.action == "resume", nproc=nproc, progress=train_progress
         )
     final = plan.run_dir / "final"

@@ -1,6 +1,6 @@
 """``ppcr.train`` and ``ppcr.evaluate``: the two jobs of the command line as plain functions.
 
-They are thin: ``train`` is what ``ppcr train`` runs (:func:`ppcr.training.ppcr_task.train_ppcr`)
+They are thin: ``train`` is what ``ppcr train`` runs (:func:`ppcr.training.run.train`)
 and ``evaluate`` what ``ppcr eval`` runs for one split (:func:`ppcr.evaluation.evaluate.evaluate`),
 with the conveniences a notebook wants: a recipe by name with overrides, a model by folder, hub id
 or the embedded default.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ppcr.config.schema import Recipe
+    from ppcr.config.schema import BoxSource, Launcher, Recipe
     from ppcr.evaluation.evaluate import EvalResult, PredictionHook, ProgressFn
     from ppcr.inference.predictor import PPCRPredictor
     from ppcr.modeling.model import PPCRModel
@@ -29,7 +29,7 @@ def train(
     overrides: Iterable[str] = (),
     resume: bool = False,
     nproc: int = 1,
-    launcher: Literal["auto", "spawn", "deepspeed"] = "auto",
+    launcher: "Launcher" = "auto",
     progress: Optional[bool] = None,
     on_log: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> "TrainResult":
@@ -41,9 +41,9 @@ def train(
     CPU, DeepSpeed on GPU by default); ``progress`` shows a bar (default: on a terminal);
     ``on_log(row)`` sees every logged metrics row.
     """
-    from ppcr.config.schema import Recipe
+    from ppcr.config.schema import BoxSource, Launcher, Recipe
     from ppcr.errors import PPCRError
-    from ppcr.training.ppcr_task import train_ppcr
+    from ppcr.training.run import train as train_run
 
     overrides = list(overrides)
     if isinstance(recipe, Recipe):
@@ -57,7 +57,7 @@ def train(
         from ppcr.config.loading import load_recipe
 
         resolved = load_recipe(recipe, overrides)
-    return train_ppcr(
+    return train_run(
         resolved, out_dir, resume=resume, nproc=nproc, launcher=launcher, progress=progress, on_log=on_log
     )
 
@@ -69,7 +69,7 @@ def evaluate(
     data_root: PathLike,
     *,
     images: Optional[PathLike] = None,
-    box_source: Literal["predicted", "gt"] = "predicted",
+    box_source: "BoxSource" = "predicted",
     out_dir: Optional[PathLike] = None,
     save_vis: int = 0,
     batch_size: int = 16,

@@ -9,11 +9,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ppcr.config.schema import BoxSource, choices
 from ppcr.errors import PPCRError
 
 DEFAULT_DATA_ROOT = "data/refer_seg"
 FORMATS = ("table", "json")
-BOX_SOURCES = ("predicted", "gt")
+BOX_SOURCES = choices(BoxSource)
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:

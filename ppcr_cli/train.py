@@ -1,4 +1,4 @@
-"""``ppcr train``: a thin wrapper over :func:`ppcr.training.ppcr_task.train_ppcr`."""
+"""``ppcr train``: a thin wrapper over :func:`ppcr.training.run.train`."""
 
 from __future__ import annotations
 
@@ -40,15 +40,16 @@ def train_command(
     may use a run directory: a second one on the same --out is refused while the first runs.
     """
     from ppcr.config.loading import load_recipe
+    from ppcr.config.schema import Launcher, choices
     from ppcr.errors import PPCRError
-    from ppcr.training.ppcr_task import train_ppcr
+    from ppcr.training.run import train
     from ppcr_cli.console import err
 
-    if launcher not in ("auto", "spawn", "deepspeed"):
-        raise PPCRError(f"unknown --launcher {launcher!r}; valid: auto, spawn, deepspeed")
+    if launcher not in choices(Launcher):
+        raise PPCRError(f"unknown --launcher {launcher!r}; valid: {', '.join(choices(Launcher))}")
     resolved = load_recipe(recipe, overrides or [])
     run_dir = out if out is not None else Path("runs") / resolved.name
-    result = train_ppcr(resolved, run_dir, resume=resume, nproc=nproc, launcher=launcher)
+    result = train(resolved, run_dir, resume=resume, nproc=nproc, launcher=launcher)
     if os.environ.get("RANK", "0") != "0":  # under an external launcher, rank 0 reports
         return
     err.print(

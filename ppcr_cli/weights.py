@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from ppcr.config.schema import DtypeName, ModelSize, WeightsFrom, choices
+
 if TYPE_CHECKING:  # pragma: no cover
     from ppcr.weights.prepare import PrepareWeightsResult
 
-SOURCES = ("llava", "glamm")
-SIZES = ("7b", "tiny")
-DTYPES = ("auto", "bf16", "fp16", "fp32")
+SOURCES = choices(WeightsFrom)
+SIZES = choices(ModelSize)
+DTYPES = choices(DtypeName)
 FORMATS = ("text", "json")
 _SHOWN_UNMAPPED = 5
 
@@ -92,7 +94,7 @@ def weights_command(
     ] = "7b",
     dtype: Annotated[
         str,
-        typer.Option("--dtype", help="LLaVA storage dtype: auto (bf16 for 7b), bf16, fp16, fp32.", callback=_choice(DTYPES)),
+        typer.Option("--dtype", help="LLaVA storage dtype: auto (bf16 for 7b), fp32, bf16, fp16.", callback=_choice(DTYPES)),
     ] = "auto",
     device: Annotated[Optional[str], typer.Option("--device", help="Where the SVDs run, e.g. cuda.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the parts that start fresh.")] = 0,

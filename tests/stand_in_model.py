@@ -103,11 +103,6 @@ class StandInFactory:
         return StandInModel(StandInConfig(**self.config))
 
 
-def build_stand_in(recipe) -> StandInModel:
-    """Dotted-path factory (``tests.stand_in_model:build_stand_in``) for DeepSpeed's launcher."""
-    return StandInModel(StandInConfig())
-
-
 class SyntheticRegression(Dataset):
     """``y = sin(x·w) + 0.5·x₀`` on Gaussian ``x``; deterministic from the seed."""
 

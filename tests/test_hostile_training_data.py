@@ -435,7 +435,6 @@ def test_the_reader_refuses_invalid_annotations_with_a_data_error(tmp_path):
 def test_train_finds_missing_images_before_it_writes_anything(small_shapes_root, tmp_path):
     from ppcr.config.loading import load_recipe
     from ppcr.data.refer import ReferDataset
-    from ppcr.training.ppcr_task import train_ppcr
 
     root = tmp_path / "shapes"
     shutil.copytree(small_shapes_root, root)
@@ -445,7 +444,7 @@ def test_train_finds_missing_images_before_it_writes_anything(small_shapes_root,
     recipe = load_recipe("shapes", [f"data.root={root}", "data.datasets=shapes", "train.max_steps=1"])
     out = tmp_path / "run"
     with time_limit(60), pytest.raises(DataError, match=f"shapes/train: 1 of .* image files missing, e.g. {lost}"):
-        train_ppcr(recipe, out, progress=False)
+        train(recipe, out, progress=False)
     assert not out.exists()  # no recipe.yaml, no env.json: nothing was started
 
 

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from ppcr.config.loading import load_recipe
 from ppcr.data.shapes import generate_shapes_ref
-from ppcr.training.ppcr_task import ReferTrainDataset, train_ppcr
+from ppcr.training.ppcr_task import ReferTrainDataset
+from ppcr.training.run import train
 from tests.test_cli import _assert_one_line_error, run
 
 
@@ -73,7 +74,7 @@ def test_image_groups_gather_every_sentence_of_an_image_across_datasets(shapes_r
 @pytest.mark.slow
 def test_a_few_steps_lower_the_loss_and_export_a_loadable_checkpoint(shapes_root, tmp_path):
     recipe = small_recipe(shapes_root, "train.max_steps=24", "train.lr=3e-3")
-    result = train_ppcr(recipe, tmp_path / "run", progress=False)
+    result = train(recipe, tmp_path / "run", progress=False)
     assert result.steps == 24
     history = losses(tmp_path / "run")
     assert all(math.isfinite(v) for v in history)
@@ -89,7 +90,7 @@ def test_a_few_steps_lower_the_loss_and_export_a_loadable_checkpoint(shapes_root
 @pytest.mark.slow
 def test_two_processes_hold_identical_weights(shapes_root, tmp_path):
     recipe = small_recipe(shapes_root, "train.max_steps=3")
-    result = train_ppcr(recipe, tmp_path / "two", nproc=2, launcher="spawn", progress=False)
+    result = train(recipe, tmp_path / "two", nproc=2, launcher="spawn", progress=False)
     assert result.world_size == 2
     assert len(set(result.weight_digests)) == 1
 
@@ -100,7 +101,7 @@ def test_mllm_lr_applies_to_the_mllm_and_only_to_it(shapes_root, tmp_path):
     from ppcr.training.ppcr_task import build_train_model
 
     recipe = small_recipe(shapes_root, "train.max_steps=3", "train.lr=3e-3", "train.mllm_lr=1e-12")
-    train_ppcr(recipe, tmp_path / "run", progress=False)
+    train(recipe, tmp_path / "run", progress=False)
     torch.manual_seed(recipe.seed)  # the trainer builds the model from the same seed
     start = build_train_model(recipe).model.state_dict()
     end = PPCRModel.from_pretrained(tmp_path / "run" / "final").state_dict()
@@ -131,11 +132,11 @@ def _interrupt_at(step: int):
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(shapes_root, tmp_path):
     # Grouped sentences repeat an image within a batch: its backward must still be deterministic.
     recipe = small_recipe(shapes_root, "train.max_steps=8", "data.sentences_per_image=4")
-    train_ppcr(recipe, tmp_path / "full", progress=False)
+    train(recipe, tmp_path / "full", progress=False)
     with pytest.raises(_Interrupt):  # dies after step 6; the last saved state is step 4's
-        train_ppcr(recipe, tmp_path / "cut", progress=False, on_log=_interrupt_at(6))
+        train(recipe, tmp_path / "cut", progress=False, on_log=_interrupt_at(6))
     assert not (tmp_path / "cut" / "final").exists()
-    result = train_ppcr(recipe, tmp_path / "cut", resume=True, progress=False)
+    result = train(recipe, tmp_path / "cut", resume=True, progress=False)
     assert result.resumed_from_step == 4 and result.steps == 8
     assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "full"), rel=1e-5)
     a, b = trainable(tmp_path / "full"), trainable(tmp_path / "cut")
@@ -159,3 +160,24 @@ def test_bad_recipe_or_override_fails_before_any_work(tmp_path):
     _assert_one_line_error(run("train", "loss.l1=-1", "--out", str(out)), 1, "loss.l1: must be a finite weight")
     _assert_one_line_error(run("train", "loss.ce=nan", "--out", str(out)), 1, "loss.ce: must be a finite weight")
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_deepspeed_launcher_with_two_ranks_matches_one_process(shapes_root, tmp_path):
+    """DeepSpeed's own launcher (the GPU path's process layout) on CPU, against a one-process run.
+
+    Its ranks read a spec of data only and train PPCR. The micro-batches (and so the sampled
+    templates) are the same for any world size, so 1 and 2 processes compute the same updates up
+    to float summation order. (``head_norm: none``: batch-norm running statistics are each rank's
+    own, so they would legitimately differ.)
+    """
+    recipe = small_recipe(shapes_root, "train.max_steps=3", "train.save_every=100", "model.head_norm=none")
+    two = train(recipe, tmp_path / "two", nproc=2, launcher="deepspeed", progress=False)
+    train(recipe, tmp_path / "one", progress=False)
+    assert two.world_size == 2 and two.weight_digests[0] == two.weight_digests[1]
+    assert json.loads((tmp_path / "two" / "env.json").read_text())["launcher"] == "deepspeed"
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    a, b = trainable(tmp_path / "two"), trainable(tmp_path / "one")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)

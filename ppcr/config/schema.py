@@ -1,14 +1,18 @@
-"""The typed recipe schema.
+"""The typed recipe schema, and the one home of PPCR's choice types.
 
 A recipe is YAML loaded into these dataclasses. Every field is typed, and ``Literal`` fields
 list their valid choices, so validation (``ppcr.config.loading``) can name the key, the
 expected type and the choices when a value is wrong. Defaults are the paper's setting.
+
+The ``Literal`` choice types that more than one module uses are defined here, the recipe's and
+the commands' (``Launcher``, ``DtypeName``, ``WeightsFrom``), so a new choice is added in one
+place; :func:`choices` lists a type's values for checks and messages.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 SpatialPrompt = Literal["none", "expression", "expression+semantic", "semantic"]
 SpatialHead = Literal["mlp", "attn", "pointer"]
@@ -23,6 +27,16 @@ InitFrom = Literal["llava", "glamm", "checkpoint", "random"]
 BaseComponent = Literal[
     "language_model", "vision_tower", "projector", "embeddings", "sam_image_encoder", "sam_prompt_encoder"
 ]
+AttnImplementation = Literal["sdpa", "eager"]
+# Choices of the commands and the library calls rather than of a recipe key.
+Launcher = Literal["auto", "spawn", "deepspeed"]  # how --nproc ranks are started
+DtypeName = Literal["auto", "fp32", "bf16", "fp16"]  # --dtype words (ppcr.utils.device)
+WeightsFrom = Literal["llava", "glamm"]  # ppcr prepare weights --from
+
+
+def choices(choice_type) -> tuple[str, ...]:
+    """The values of a ``Literal`` choice type, in their declared order."""
+    return get_args(choice_type)
 
 
 @dataclass
@@ -124,7 +138,7 @@ class ModelSpec:
     lora: LoraSpec = field(default_factory=LoraSpec)
     max_length: int = 512
     clip_pad_to_square: bool = True
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    attn_implementation: AttnImplementation = "sdpa"
     # Base components to train too. The paper freezes them all (they are pretrained); a tiny
     # randomly initialised base has nothing to keep, so the shapes recipe trains it.
     unfreeze: list[BaseComponent] = field(default_factory=list)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import torch
 
+from ppcr.config.schema import BoxSource, choices
 from ppcr.data.refer import ReferDataset, ReferSample
 from ppcr.errors import ImageError, PPCRError
 from ppcr.evaluation.data import load_split
@@ -55,7 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ppcr.modeling.model import PPCRModel
     from ppcr.modeling.processor import PPCRProcessor
 
-BOX_SOURCES = ("predicted", "gt")
+BOX_SOURCES = choices(BoxSource)
 GT_MASK_CACHE = 64  # decoded ground-truth masks kept (an image's refs come together)
 # progress(label, sentences done in this split, sentences in this split)
 ProgressFn = Callable[[str, int, int], None]

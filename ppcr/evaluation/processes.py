@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from ppcr.config.schema import Launcher, choices
 from ppcr.errors import PPCRError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ppcr.evaluation.evaluate import EvalResult, ProgressFn
 
-LAUNCHERS = ("auto", "spawn", "deepspeed")
+LAUNCHERS = choices(Launcher)
 WORKER_MODULE = "ppcr.evaluation.processes"
 
 

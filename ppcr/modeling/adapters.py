@@ -123,6 +123,37 @@ class AdapterSet:
         finally:
             self.activate(previous)
 
+    def route_checkpoint_recomputation(self, language_model: torch.nn.Module) -> None:
+        """Make gradient checkpointing recompute each layer through the adapter it ran with.
+
+        Adapter routing is global state, and the backward pass recomputes a stage-2 layer after
+        the forward has switched back to the ``semantic`` adapter; a plain checkpoint would
+        silently recompute it through the wrong adapter. Each checkpointed call of
+        ``language_model`` (checkpointing already enabled) therefore records the adapter active
+        at forward time and re-activates it for its recomputation.
+        """
+
+        def adapter_aware(checkpoint_func):
+            def run(function, *args, **kwargs):
+                name = self.active
+
+                def routed(*a, **k):
+                    if self.active == name:
+                        return function(*a, **k)
+                    with self.use(name):
+                        return function(*a, **k)
+
+                return checkpoint_func(routed, *args, **kwargs)
+
+            run.ppcr_adapter_aware = True
+            return run
+
+        for module in language_model.modules():
+            func = getattr(module, "_gradient_checkpointing_func", None)
+            if getattr(module, "gradient_checkpointing", False) and func is not None:
+                if not getattr(func, "ppcr_adapter_aware", False):
+                    module._gradient_checkpointing_func = adapter_aware(func)
+
     # ------------------------------------------------------------------ persistence
 
     def save(

@@ -83,8 +83,11 @@ def build_model(
         torch.manual_seed(recipe.seed)
         if source == "checkpoint":
             from ppcr.modeling.checkpoint import load_checkpoint
+            from ppcr.modeling.model import PPCRModel
 
-            model = load_checkpoint(recipe.init.checkpoint, spec=recipe.model, dtype=dtype, device=device)
+            model = load_checkpoint(
+                recipe.init.checkpoint, model_class=PPCRModel, spec=recipe.model, dtype=dtype, device=device
+            )
         elif source == "random" and recipe.model.size != "tiny":
             with _constructed_as(dtype, device):
                 model = _build_random(recipe, llm_layers)

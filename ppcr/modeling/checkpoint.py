@@ -16,6 +16,9 @@ hub id as it is, a local path relative to the checkpoint folder.
 Everything is built in a temporary sibling directory and renamed into place, so a crash never
 leaves a half-written checkpoint. Loading rebuilds the same modules and fills them strictly:
 a missing, extra or mis-shaped tensor is a one-line :class:`~ppcr.errors.CheckpointError`.
+Which modules and adapters a saved variant has is :mod:`ppcr.modeling.variant`'s answer, the one
+the model's constructor builds from. This module never imports the model (its class is passed
+in), so ``model.py`` imports it and no import cycle exists.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ppcr.config.schema import LossSpec, ModelSpec
 from ppcr.errors import CheckpointError
 from ppcr.io import atomic_directory, destination_of
 from ppcr.modeling.config import CONFIG_NAME, BaseWeights, PPCRConfig, PromptFormat, is_checkpoint_relative
+from ppcr.modeling.variant import adapter_names, same_box_head, trained_module_paths
 
 if TYPE_CHECKING:  # pragma: no cover
     from ppcr.modeling.model import PPCRModel
@@ -188,19 +192,6 @@ def _load_heads(model: "PPCRModel", directory: Path, saved_modules: set[str], sk
     return fresh
 
 
-def _saved_module_names(spec: ModelSpec) -> set[str]:
-    names = {"token_rows", "semantic_proj", "mask_decoder"}
-    if spec.spatial_prompt in ("semantic", "expression+semantic"):
-        names.add("sem_to_input")
-    if spec.spatial_prompt != "none":
-        names.add("box_head")
-    if spec.head_norm == "batch":
-        names.add("h_sem_norm")
-        if spec.spatial_prompt != "none":
-            names.add("p_box_norm")
-    return names
-
-
 def _base_source(base: BaseWeights, value: str, directory: Path, what: str) -> str:
     """Where the base ``what`` is read from; a local path that is gone is a clear error."""
     import os
@@ -220,12 +211,13 @@ def _base_source(base: BaseWeights, value: str, directory: Path, what: str) -> s
 def load_checkpoint(
     directory: str | Path,
     *,
+    model_class: "type[PPCRModel]",
     spec: Optional[ModelSpec] = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     spec_overrides: Optional[dict] = None,
 ) -> "PPCRModel":
-    """Rebuild a saved model.
+    """Rebuild a saved model as a ``model_class`` (:class:`~ppcr.modeling.model.PPCRModel`).
 
     ``spec=None`` restores exactly what was saved. With a ``spec`` (a recipe initialising from a
     checkpoint) the architecture must match, but the variant may differ: parts the checkpoint
@@ -236,7 +228,6 @@ def load_checkpoint(
     """
     from ppcr.modeling.adapters import AdapterSet
     from ppcr.modeling.llava import add_ppcr_tokens, load_llava, load_tokenizer
-    from ppcr.modeling.model import PPCRModel
     from ppcr.modeling.sam import build_sam, load_sam_weights, sam_architecture
 
     directory = Path(directory)
@@ -266,18 +257,12 @@ def load_checkpoint(
     load_sam_weights(sam, sam_source, size=wanted.sam)
 
     model_base = base.resolved(directory) if base.kind == "reference" else BaseWeights(kind="stored", llava=None, sam=None)
-    model = PPCRModel(wanted, llava, sam, token_ids, tokenizer=tokenizer, base=model_base)
-    saved_adapters = {"semantic"} | ({"spatial"} if config.model.spatial_prompt != "none" else set())
-    loadable = tuple(n for n in model.adapters.names if n in saved_adapters)
-    AdapterSet(model.llm, loadable).load(directory)
+    model = model_class(wanted, llava, sam, token_ids, tokenizer=tokenizer, base=model_base)
     saved = config.model
-    same_head = (saved.spatial_head, saved.attn_head, saved.pointer_head) == (
-        wanted.spatial_head,
-        wanted.attn_head,
-        wanted.pointer_head,
-    )
-    skip = set() if same_head else {"box_head"}
-    _load_heads(model, directory, _saved_module_names(saved), skip)
+    loadable = tuple(n for n in model.adapters.names if n in adapter_names(saved))
+    AdapterSet(model.llm, loadable).load(directory)
+    skip = set() if same_box_head(saved, wanted) else {"box_head"}
+    _load_heads(model, directory, set(trained_module_paths(saved)), skip)
     model.recipe = config.recipe
     model.prompt_format = config.prompt
     model.source_dir = directory

@@ -16,11 +16,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ppcr.config.schema import LossSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ppcr.modeling.outputs import PPCRPrediction
 
 DICE_SCALE = 1000.0
 DICE_EPS = 1e-6
@@ -79,3 +83,30 @@ def weighted_total(losses: dict[str, torch.Tensor], weights: LossSpec) -> torch.
     if total is None:
         raise ValueError("no loss terms to combine")
     return total
+
+
+def objective(
+    prediction: "PPCRPrediction",
+    gt_masks: Optional[Sequence[torch.Tensor]],
+    gt_boxes: Optional[torch.Tensor],
+    target_patches: Optional[torch.Tensor],
+    weights: LossSpec,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The weighted loss, its unweighted terms and the logged-only metrics of one forward.
+
+    Terms without ground truth are left out: no masks → no bce/dice; no boxes or no spatial stage
+    → no l1. ``target_patches`` (the patch holding each box centre; pointer head only) give
+    ``patch_ce`` and the ``patch_acc`` metric. CE over both stages' answers is always there.
+    """
+    terms: dict[str, torch.Tensor] = {}
+    metrics: dict[str, torch.Tensor] = {}
+    if gt_masks is not None:
+        terms["bce"] = mask_bce(prediction.mask_logits, gt_masks)
+        terms["dice"] = mask_dice(prediction.mask_logits, gt_masks)
+    if prediction.boxes is not None and gt_boxes is not None:
+        terms["l1"] = box_l1(prediction.boxes, gt_boxes)
+    if prediction.patch_logits is not None and target_patches is not None:
+        terms["patch_ce"] = patch_ce(prediction.patch_logits, target_patches)
+        metrics["patch_acc"] = top1_accuracy(prediction.patch_logits, target_patches)
+    terms["ce"] = answer_ce(prediction.ce_sum, prediction.ce_count)
+    return weighted_total(terms, weights), terms, metrics

@@ -19,28 +19,35 @@ Images and texts are separate inputs so that an image is encoded once and prompt
 :meth:`PPCRModel.encode_images` → :class:`ImageFeatures`; :meth:`PPCRModel.segment` runs any
 number of expressions against them (batched, optionally sharing each image's prompt prefix through
 the KV cache). ``model(batch)`` is the training forward with the weighted loss (docs/design.md, "Objective").
+
+This module wires the stages together; each concern has its own module:
+:mod:`~ppcr.modeling.variant` (which modules a variant has), :mod:`~ppcr.modeling.freezing`
+(what trains), :mod:`~ppcr.modeling.adapters` (adapter switching), :mod:`~ppcr.modeling.prefix_cache`
+(the shared prompt prefix), :mod:`~ppcr.modeling.sam_prompting` (stage 3),
+:mod:`~ppcr.modeling.losses` (the objective), :mod:`~ppcr.modeling.outputs` (what it returns) and
+:mod:`~ppcr.modeling.checkpoint` (saving and loading).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
-from ppcr.config.schema import LossSpec, ModelSpec
+from ppcr.config.schema import BoxSource, LossSpec, ModelSpec, choices
 from ppcr.data.preprocess import SamTransform
 from ppcr.errors import PPCRError
-from ppcr.modeling import losses as L
+from ppcr.modeling import checkpoint, freezing, losses, prefix_cache, variant
 from ppcr.modeling.adapters import SEMANTIC, SPATIAL, AdapterSet
 from ppcr.modeling.batch import ImageInputs, PPCRBatch, StageInputs, TextInputs
 from ppcr.modeling.config import BaseWeights, PromptFormat, TokenIds
 from ppcr.modeling.heads import AttnBoxHead, BoxMLP, PointerBoxHead, SemanticProjection, StateStandardiser
-from ppcr.modeling.kv_cache import cache_keyword, returned_cache
 from ppcr.modeling.llava import ensure_vocab_rows, image_seq_length
+from ppcr.modeling.outputs import ImageFeatures, PPCROutput, PPCRPrediction
 from ppcr.modeling.patch_grid import PatchGrid
+from ppcr.modeling.sam_prompting import mask_confidence, sam_masks
 from ppcr.modeling.token_rows import AddedTokenRows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,68 +55,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
     from ppcr.modeling.model_card import MetricsArgument
-
-BoxSource = Literal["predicted", "gt"]
-
-
-@dataclass
-class ImageFeatures:
-    """Per-image encodings, computed once: CLIP tokens after the projector (N×n×d, the LLM's
-    ``<image>`` embeddings) and SAM image embeddings (N×C×h×w), plus the sizes SAM needs."""
-
-    clip_tokens: torch.Tensor
-    sam_embeddings: torch.Tensor
-    input_sizes: list[tuple[int, int]]
-    original_sizes: list[tuple[int, int]]
-
-    def __len__(self) -> int:
-        return len(self.original_sizes)
-
-
-@dataclass
-class PPCRPrediction:
-    """What the three stages produce for B expressions.
-
-    ``mask_logits``: one float32 H×W tensor per sample (its image's original size);
-    ``boxes``: B×4 normalised xyxy from the box head (None for ``spatial_prompt=none``);
-    ``sam_boxes``: B×4 boxes actually given to SAM, in its resized-input frame (None if no box);
-    ``patch_logits``: B×P scores over CLIP's patches (``spatial_head: pointer`` only);
-    ``h_sem``/``p_box``: the LLM hidden states (P_txt^seg, P_box^seg); ``semantic_prompt``: the
-    SAM token made from h_sem; ``iou_predictions``: SAM's own quality head for the mask (its
-    pretrained estimate; not trained by PPCR's losses); ``scores``: the confidence we report, the
-    mean foreground probability inside the predicted mask (0 for an empty mask).
-    """
-
-    mask_logits: list[torch.Tensor]
-    boxes: Optional[torch.Tensor]
-    sam_boxes: Optional[torch.Tensor]
-    h_sem: torch.Tensor
-    p_box: Optional[torch.Tensor]
-    semantic_prompt: torch.Tensor
-    iou_predictions: torch.Tensor
-    scores: torch.Tensor
-    ce_sum: Optional[torch.Tensor] = None
-    ce_count: int = 0
-    patch_logits: Optional[torch.Tensor] = None
-
-    @property
-    def masks(self) -> list[torch.Tensor]:
-        return [logits > 0 for logits in self.mask_logits]
-
-
-@dataclass
-class PPCROutput:
-    """Training forward result: the weighted loss, its unweighted terms, metrics that are not
-    optimised (``patch_acc``: top-1 patch accuracy of the pointer head) and the predictions."""
-
-    loss: torch.Tensor
-    losses: dict[str, torch.Tensor]
-    mask_logits: list[torch.Tensor]
-    boxes: Optional[torch.Tensor]
-    h_sem: torch.Tensor
-    p_box: Optional[torch.Tensor]
-    prediction: PPCRPrediction = field(repr=False)
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _positions_before(input_ids: torch.Tensor, token_id: int, what: str) -> torch.Tensor:
@@ -119,6 +64,27 @@ def _positions_before(input_ids: torch.Tensor, token_id: int, what: str) -> torc
     if not bool((counts == 1).all()):
         raise PPCRError(f"every prompt must contain exactly one {what} token; counts: {counts.tolist()}")
     return hits.to(torch.long).argmax(dim=1) - 1
+
+
+def _sam_box_input(
+    boxes: Optional[torch.Tensor],
+    box_source: BoxSource,
+    gt_boxes: Optional[torch.Tensor],
+    gt_box_rows: Optional[torch.Tensor],
+    teacher_boxes: Optional[torch.Tensor],
+    device: torch.device,
+) -> Optional[torch.Tensor]:
+    """The boxes SAM is prompted with: the ground truth (``box_source='gt'``), else the predicted
+    ones, except in the teacher-forced ``gt_box_rows``, which get ``teacher_boxes`` (default: the
+    ground truth)."""
+    sam_input = gt_boxes.to(device) if box_source == "gt" else boxes
+    if gt_box_rows is not None and boxes is not None and box_source == "predicted":
+        if gt_boxes is None:
+            raise PPCRError("gt_box_rows needs ground-truth boxes")
+        rows_gt = gt_box_rows.to(boxes.device).view(-1, 1)
+        teacher = gt_boxes if teacher_boxes is None else teacher_boxes
+        sam_input = torch.where(rows_gt, teacher.to(boxes), boxes)
+    return sam_input
 
 
 class PPCRModel(nn.Module):
@@ -153,9 +119,8 @@ class PPCRModel(nn.Module):
         self.prompt_format = PromptFormat()
 
         ensure_vocab_rows(llava, token_ids)
-        names = (SEMANTIC,) if spec.spatial_prompt == "none" else (SEMANTIC, SPATIAL)
         base_name = base.llava if base is not None else None
-        self.adapters = AdapterSet.attach(llava, spec.lora, names, base_name)
+        self.adapters = AdapterSet.attach(llava, spec.lora, variant.adapter_names(spec), base_name)
         self.llm = self.adapters.peft_model
         self.sam = sam
 
@@ -165,11 +130,11 @@ class PPCRModel(nn.Module):
             token_ids.added, self.llava.get_input_embeddings(), self.llava.get_output_embeddings()
         )
         self.semantic_proj = SemanticProjection(hidden, sam_dim)
-        uses_sem_slot = spec.spatial_prompt in ("semantic", "expression+semantic")
-        self.sem_to_input = nn.Linear(hidden, hidden) if uses_sem_slot else None
+        modules = variant.trained_module_paths(spec)
+        self.sem_to_input = nn.Linear(hidden, hidden) if "sem_to_input" in modules else None
         self.box_head: Optional[nn.Module] = None
         self.patch_grid: Optional[PatchGrid] = None
-        if spec.spatial_prompt != "none":
+        if "box_head" in modules:
             if spec.spatial_head == "attn":
                 head = spec.attn_head
                 dim = spec.tiny.attn_head_dim if spec.size == "tiny" else head.dim
@@ -180,11 +145,10 @@ class PPCRModel(nn.Module):
                 self.box_head = PointerBoxHead(hidden, dim)
             else:
                 self.box_head = BoxMLP(hidden)
-        standardise = spec.head_norm == "batch"
-        self.h_sem_norm = StateStandardiser(hidden) if standardise else None
-        self.p_box_norm = StateStandardiser(hidden) if standardise and self.box_head is not None else None
+        self.h_sem_norm = StateStandardiser(hidden) if "h_sem_norm" in modules else None
+        self.p_box_norm = StateStandardiser(hidden) if "p_box_norm" in modules else None
         self.sam_transform = SamTransform(target_length=self.sam_image_size)
-        self._set_trainable()
+        freezing.set_trainable(self)
 
     # ------------------------------------------------------------------ structure
 
@@ -226,19 +190,9 @@ class PPCRModel(nn.Module):
         return PatchGrid(grid, self.clip_image_size, self.spec.clip_pad_to_square)
 
     def trainable_module_paths(self) -> dict[str, str]:
-        """Name → attribute path of the fully trainable modules besides the LoRA adapters.
-
-        These are what ``heads.safetensors`` holds (keys ``<name>.<parameter>``).
-        """
-        paths = {"token_rows": "token_rows", "semantic_proj": "semantic_proj", "mask_decoder": "sam.mask_decoder"}
-        if self.sem_to_input is not None:
-            paths["sem_to_input"] = "sem_to_input"
-        if self.box_head is not None:
-            paths["box_head"] = "box_head"
-        for name in ("h_sem_norm", "p_box_norm"):
-            if getattr(self, name) is not None:
-                paths[name] = name
-        return paths
+        """Name → attribute path of the fully trainable modules besides the LoRA adapters
+        (what ``heads.safetensors`` holds; decided by :func:`ppcr.modeling.variant.trained_module_paths`)."""
+        return variant.trained_module_paths(self.spec)
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         """The modules of :meth:`trainable_module_paths`, by name."""
@@ -258,91 +212,23 @@ class PPCRModel(nn.Module):
             layer.positional_encoding_gaussian_matrix = matrix.float()
         return result
 
-    def _set_trainable(self) -> None:
-        """Freeze everything, then unfreeze the adapters and the PPCR-trained modules
-        (docs/design.md, "Trainable and frozen parts")."""
-        for parameter in self.parameters():
-            parameter.requires_grad_(False)
-        for parameter in self.adapters.all_parameters():
-            parameter.requires_grad_(True)
-        for module in self.trainable_modules().values():
-            for parameter in module.parameters():
-                parameter.requires_grad_(True)
-        for name in self.spec.unfreeze:
-            for module in self.base_component(name):
-                for parameter in module.parameters():
-                    parameter.requires_grad_(True)
-        for module in self.unreached_modules():
-            for parameter in module.parameters():
-                parameter.requires_grad_(False)
-
     def unreached_modules(self) -> list[nn.Module]:
-        """Parts of the trained modules that no PPCR forward reaches, kept frozen so the optimizer
-        carries no dead weights: LLaVA reads CLIP's hidden states, never its pooled output
-        (``post_layernorm``); SAM is prompted with a box (or nothing) and the semantic token, never
-        with points or a mask; its IoU estimate is not in the objective; single-mask output reads
-        only the first mask token's hypernetwork."""
-        tower = self.llava.model.vision_tower
-        vision = getattr(tower, "vision_model", tower)
-        prompt, decoder = self.sam.prompt_encoder, self.sam.mask_decoder
-        unreached = [prompt.point_embeddings[0], prompt.point_embeddings[1], prompt.not_a_point_embed]
-        unreached += [prompt.mask_downscaling, decoder.iou_prediction_head, *decoder.output_hypernetworks_mlps[1:]]
-        if self.box_head is None:  # spatial_prompt=none: no box corners either
-            unreached += [prompt.point_embeddings[2], prompt.point_embeddings[3]]
-        if getattr(vision, "post_layernorm", None) is not None:
-            unreached.append(vision.post_layernorm)
-        return unreached
+        """Parts no PPCR forward reaches, kept frozen (:func:`ppcr.modeling.freezing.unreached_modules`)."""
+        return freezing.unreached_modules(self)
 
     def base_component(self, name: str) -> list[nn.Module]:
         """The modules behind a ``model.unfreeze`` name (see ``ModelSpec.unfreeze``)."""
-        llava = self.llava
-        components = {
-            "language_model": lambda: [self.language_model],
-            "vision_tower": lambda: [llava.model.vision_tower],
-            "projector": lambda: [llava.model.multi_modal_projector],
-            "embeddings": lambda: [llava.get_input_embeddings(), llava.get_output_embeddings()],
-            "sam_image_encoder": lambda: [self.sam.image_encoder],
-            "sam_prompt_encoder": lambda: [self.sam.prompt_encoder],
-        }
-        if name not in components:
-            raise PPCRError(f"unknown base component {name!r}; valid: {', '.join(components)}")
-        return components[name]()
+        return freezing.base_component(self, name)
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) of everything the optimizer should update."""
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
     def enable_gradient_checkpointing(self) -> None:
-        """Recompute the LLM layers' activations in backward (saves memory on the 7B model).
-
-        Adapter routing is global state, and the backward pass recomputes a stage-2 layer after
-        the forward has switched back to the ``semantic`` adapter; a plain checkpoint would
-        silently recompute it through the wrong adapter. Each checkpointed call therefore records
-        the adapter active at forward time and re-activates it for its recomputation.
-        """
+        """Recompute the LLM layers' activations in backward (saves memory on the 7B model), each
+        through the adapter it ran with (:meth:`AdapterSet.route_checkpoint_recomputation`)."""
         self.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        adapters = self.adapters
-
-        def adapter_aware(checkpoint_func):
-            def run(function, *args, **kwargs):
-                name = adapters.active
-
-                def routed(*a, **k):
-                    if adapters.active == name:
-                        return function(*a, **k)
-                    with adapters.use(name):
-                        return function(*a, **k)
-
-                return checkpoint_func(routed, *args, **kwargs)
-
-            run.ppcr_adapter_aware = True
-            return run
-
-        for module in self.language_model.modules():
-            func = getattr(module, "_gradient_checkpointing_func", None)
-            if getattr(module, "gradient_checkpointing", False) and func is not None:
-                if not getattr(func, "ppcr_adapter_aware", False):
-                    module._gradient_checkpointing_func = adapter_aware(func)
+        self.adapters.route_checkpoint_recomputation(self.language_model)
 
     # ------------------------------------------------------------------ encoders
 
@@ -425,7 +311,7 @@ class PPCRModel(nn.Module):
         """Last-layer hidden states (B×T×d) of one stage, through the given adapter."""
         with self.adapters.use(adapter):
             if share_prefix:
-                shared = self._shared_prefix_hidden(stage, clip_tokens, image_index, sem_input)
+                shared = prefix_cache.shared_prefix_hidden(self, stage, clip_tokens, image_index, sem_input)
                 if shared is not None:
                     return shared
             # index_select, not clip_tokens[image_index]: with an image repeated in the batch the
@@ -435,69 +321,8 @@ class PPCRModel(nn.Module):
             return out.last_hidden_state
 
     def _prefix_length(self, input_ids: torch.Tensor) -> Optional[int]:
-        """Length of the prefix every row shares up to and including the image tokens, if any.
-
-        With the question before the image (``prompt_order: question_first``) rows share at most
-        their template, so there is usually no such prefix and every row runs whole."""
-        image_slots = (input_ids == self.token_ids.image).to(torch.long)
-        if int(image_slots.sum()) == 0:
-            return None
-        last = input_ids.shape[1] - 1 - image_slots.flip(1).argmax(dim=1)
-        if not bool((last == last[0]).all()):
-            return None
-        length = int(last[0]) + 1
-        if not bool((input_ids[:, :length] == input_ids[:1, :length]).all()):
-            return None
-        if bool((input_ids[:, :length] == self.token_ids.sem).any()):
-            return None  # <sem> carries each row's own h_sem: equal ids, different inputs
-        return length
-
-    def _shared_prefix_hidden(
-        self,
-        stage: StageInputs,
-        clip_tokens: torch.Tensor,
-        image_index: torch.Tensor,
-        sem_input: Optional[torch.Tensor],
-    ) -> Optional[torch.Tensor]:
-        """Hidden states computed with one KV-cached prefix per image (docs/design.md, "Evaluation").
-
-        The conversation prefix (BOS, ``USER:``, the image tokens) is identical for every
-        expression of an image, so it is run once per image and its cache is repeated for that
-        image's expressions; only the suffixes are batched. Mathematically the same as the plain
-        forward (right padding never affects earlier positions under causal attention).
-        """
-        prefix = self._prefix_length(stage.input_ids)
-        if prefix is None or prefix >= stage.input_ids.shape[1]:
-            return None
-        batch, length = stage.input_ids.shape
-        hidden = None
-        for image in torch.unique(image_index).tolist():
-            rows = (image_index == image).nonzero(as_tuple=True)[0]
-            prefix_ids = stage.input_ids[rows[:1], :prefix]
-            prefix_embeds = self._input_embeddings(prefix_ids, clip_tokens[image : image + 1], None)
-            prefix_mask = torch.ones_like(prefix_ids)
-            prefix_out = self._language_model(prefix_embeds, prefix_mask, use_cache=True)
-            cache = returned_cache(prefix_out)
-            if rows.numel() > 1:
-                cache.batch_repeat_interleave(rows.numel())
-            suffix_ids = stage.input_ids[rows, prefix:]
-            suffix_embeds = self._input_embeddings(
-                suffix_ids, None, None if sem_input is None else sem_input[rows]
-            )
-            mask = torch.cat(
-                [torch.ones((rows.numel(), prefix), dtype=stage.attention_mask.dtype, device=suffix_ids.device),
-                 stage.attention_mask[rows, prefix:]],
-                dim=1,
-            )
-            cached = {cache_keyword(type(self.language_model)): cache}
-            suffix_out = self._language_model(suffix_embeds, mask, use_cache=True, **cached)
-            rows_hidden = torch.cat(
-                [prefix_out.last_hidden_state.expand(rows.numel(), -1, -1), suffix_out.last_hidden_state], dim=1
-            )
-            if hidden is None:
-                hidden = rows_hidden.new_zeros((batch, length, rows_hidden.shape[-1]))
-            hidden[rows] = rows_hidden
-        return hidden
+        """See :func:`ppcr.modeling.prefix_cache.prefix_length`."""
+        return prefix_cache.prefix_length(input_ids, self.token_ids)
 
     def semantic_prompts(self, h_sem: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """From h_sem: SAM's semantic prompt token and the spatial stage's ``<sem>`` input (None when
@@ -527,39 +352,8 @@ class PPCRModel(nn.Module):
         semantic_prompt: torch.Tensor,
         boxes: Optional[torch.Tensor],
     ) -> tuple[list[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
-        """Per image: prompt encoder (box corners + semantic token) → mask decoder → original size."""
-        prompt_encoder, decoder = self.sam.prompt_encoder, self.sam.mask_decoder
-        batch = image_index.shape[0]
-        logits: list[Optional[torch.Tensor]] = [None] * batch
-        iou = semantic_prompt.new_zeros((batch,), dtype=torch.float32)
-        sam_boxes = None if boxes is None else boxes.new_zeros(boxes.shape, dtype=torch.float32)
-        embed_dtype = features.sam_embeddings.dtype
-        pe_dtype = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.dtype
-        for image in torch.unique(image_index).tolist():
-            rows = (image_index == image).nonzero(as_tuple=True)[0]
-            input_size = features.input_sizes[image]
-            semantic = semantic_prompt[rows].unsqueeze(1).to(embed_dtype)
-            if boxes is not None:
-                frame = self.sam_transform.boxes_from_normalized(boxes[rows].float(), input_size)
-                sam_boxes[rows] = frame
-                sparse, dense = prompt_encoder(points=None, boxes=frame.to(pe_dtype), masks=None)
-                sparse = torch.cat([sparse.to(embed_dtype), semantic], dim=1)
-            else:
-                sparse = semantic
-                h, w = prompt_encoder.image_embedding_size
-                dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(rows.numel(), -1, h, w)
-            low_res, quality = decoder(
-                image_embeddings=features.sam_embeddings[image : image + 1],
-                image_pe=prompt_encoder.get_dense_pe().to(embed_dtype),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense.to(embed_dtype),
-                multimask_output=False,
-            )
-            full = self.sam_transform.postprocess_masks(low_res, input_size, features.original_sizes[image])
-            for k, row in enumerate(rows.tolist()):
-                logits[row] = full[k, 0]
-            iou[rows] = quality[:, 0].float()
-        return logits, iou, sam_boxes  # type: ignore[return-value]
+        """Stage 3 (:func:`ppcr.modeling.sam_prompting.sam_masks`)."""
+        return sam_masks(self.sam, self.sam_transform, features, image_index, semantic_prompt, boxes)
 
     # ------------------------------------------------------------------ the pipeline
 
@@ -578,8 +372,8 @@ class PPCRModel(nn.Module):
         image_index = text.image_index.to(features.clip_tokens.device)
         if int(image_index.max()) >= len(features) or int(image_index.min()) < 0:
             raise PPCRError(f"image_index out of range for {len(features)} encoded image(s)")
-        if box_source not in ("predicted", "gt"):
-            raise PPCRError(f"unknown box_source {box_source!r}; valid: predicted, gt")
+        if box_source not in choices(BoxSource):
+            raise PPCRError(f"unknown box_source {box_source!r}; valid: {', '.join(choices(BoxSource))}")
         if box_source == "gt" and gt_boxes is None:
             raise PPCRError("box_source='gt' needs ground-truth boxes", hint="pass gt_boxes (B×4 normalised xyxy)")
 
@@ -609,15 +403,9 @@ class PPCRModel(nn.Module):
                 ce_sum, ce_count = ce_sum + ce2, ce_count + count2
 
         # Stage 3: instance segmentation.
-        sam_input = gt_boxes.to(h_sem.device) if box_source == "gt" else boxes
-        if gt_box_rows is not None and boxes is not None and box_source == "predicted":
-            if gt_boxes is None:
-                raise PPCRError("gt_box_rows needs ground-truth boxes")
-            rows_gt = gt_box_rows.to(boxes.device).view(-1, 1)
-            teacher = gt_boxes if teacher_boxes is None else teacher_boxes
-            sam_input = torch.where(rows_gt, teacher.to(boxes), boxes)
+        sam_input = _sam_box_input(boxes, box_source, gt_boxes, gt_box_rows, teacher_boxes, h_sem.device)
         mask_logits, iou, sam_boxes = self._sam_masks(features, image_index, semantic_prompt, sam_input)
-        scores = torch.stack([_mask_confidence(m) for m in mask_logits])
+        scores = torch.stack([mask_confidence(m) for m in mask_logits])
         return PPCRPrediction(
             mask_logits=mask_logits,
             boxes=boxes,
@@ -680,7 +468,9 @@ class PPCRModel(nn.Module):
         gt_box_rows: Optional[torch.Tensor] = None,
         teacher_boxes: Optional[torch.Tensor] = None,
     ) -> PPCROutput:
-        """Training forward: predictions plus ``loss = λ·(bce, dice, l1, ce)`` (docs/design.md, "Objective").
+        """Training forward: predictions plus ``loss = λ·(bce, dice, l1, ce)`` (:func:`ppcr.modeling.losses.objective`;
+        docs/design.md, "Objective"). The training step that calls it (templates, teacher-forcing
+        draws) is :class:`ppcr.training.ppcr_task.PPCRTrainModule`.
 
         Terms without ground truth in the batch are left out (no masks → no bce/dice; no boxes
         or no spatial stage → no l1). ``gt_box_rows`` (bool per sample): those samples' SAM gets
@@ -701,20 +491,11 @@ class PPCRModel(nn.Module):
             gt_box_rows=gt_box_rows,
             teacher_boxes=teacher_boxes,
         )
-        terms: dict[str, torch.Tensor] = {}
-        metrics: dict[str, torch.Tensor] = {}
-        if batch.gt_masks is not None:
-            terms["bce"] = L.mask_bce(prediction.mask_logits, batch.gt_masks)
-            terms["dice"] = L.mask_dice(prediction.mask_logits, batch.gt_masks)
-        if prediction.boxes is not None and batch.gt_boxes is not None:
-            terms["l1"] = L.box_l1(prediction.boxes, batch.gt_boxes)
+        target = None
         if prediction.patch_logits is not None and batch.gt_boxes is not None:
             image_index = batch.text.image_index.to(prediction.patch_logits.device)
             target = self.target_patches(batch.gt_boxes.to(prediction.patch_logits.device), image_index, features)
-            terms["patch_ce"] = L.patch_ce(prediction.patch_logits, target)
-            metrics["patch_acc"] = L.top1_accuracy(prediction.patch_logits, target)
-        terms["ce"] = L.answer_ce(prediction.ce_sum, prediction.ce_count)
-        loss = L.weighted_total(terms, self.loss_weights)
+        loss, terms, metrics = losses.objective(prediction, batch.gt_masks, batch.gt_boxes, target, self.loss_weights)
         return PPCROutput(
             loss=loss,
             losses=terms,
@@ -746,9 +527,7 @@ class PPCRModel(nn.Module):
         is a model card; ``metrics`` (``metrics.json`` paths, eval folders, ``EvalResult`` s or
         dicts; default: the evaluations ``ppcr eval`` wrote beside ``directory``) fill its table.
         """
-        from ppcr.modeling.checkpoint import save_checkpoint
-
-        return save_checkpoint(
+        return checkpoint.save_checkpoint(
             self, directory, state_dict=state_dict, recipe=recipe if recipe is not None else self.recipe,
             store_base=store_base,
             metrics=metrics,
@@ -783,14 +562,7 @@ class PPCRModel(nn.Module):
         spec_overrides: Optional[dict] = None,
     ) -> "PPCRModel":
         """Rebuild a model saved with :meth:`save_pretrained` (outputs are bit-identical)."""
-        from ppcr.modeling.checkpoint import load_checkpoint
+        return checkpoint.load_checkpoint(
+            directory, model_class=cls, dtype=dtype, device=device, spec_overrides=spec_overrides
+        )
 
-        return load_checkpoint(directory, dtype=dtype, device=device, spec_overrides=spec_overrides)
-
-
-def _mask_confidence(logits: torch.Tensor) -> torch.Tensor:
-    """Mean foreground probability inside the predicted mask; 0 when the mask is empty."""
-    inside = logits > 0
-    if not bool(inside.any()):
-        return logits.new_zeros((), dtype=torch.float32)
-    return logits[inside].float().sigmoid().mean()

@@ -33,6 +33,7 @@ from ppcr.errors import DataError
 from ppcr.images import ImageSource, load_image
 from ppcr.modeling.batch import ImageInputs, PPCRBatch, StageInputs, TextInputs
 from ppcr.modeling.config import IMAGE_END_TOKEN, IMAGE_START_TOKEN, PromptFormat, TokenIds
+from ppcr.modeling.variant import has_spatial_stage
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -169,7 +170,7 @@ class PPCRProcessor:
     def _stage_builders(self, rng: random.Random | None) -> list:
         """(question, answer) builders of each stage this variant runs: semantic, then spatial."""
         builders = [lambda text: templates.semantic_turn(text, rng)]
-        if self.spatial_prompt != "none":
+        if has_spatial_stage(self.spatial_prompt):
             builders.append(lambda text: templates.spatial_turn(self.spatial_prompt, text, rng))
         return builders
 

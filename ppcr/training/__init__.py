@@ -1,6 +1,7 @@
-"""Model-agnostic training engine behind ``ppcr train`` (DeepSpeed ZeRO-2, AdamW, WarmupDecayLR).
+"""The training engine behind ``ppcr train`` (DeepSpeed ZeRO-2, AdamW, WarmupDecayLR).
 
-Entry point: :func:`ppcr.training.run.train`. Names are imported lazily so that importing this
+Entry point: :func:`ppcr.training.run.train`, which trains PPCR (:mod:`ppcr.training.ppcr_task`)
+or, handed factories, any model that follows the contract in :mod:`ppcr.training.loop`. Names are imported lazily so that importing this
 package does not import torch or DeepSpeed.
 """
 

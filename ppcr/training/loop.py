@@ -2,7 +2,8 @@
 
 Model contract (the PPCR model and the tests' stand-in both follow it):
 
-* ``model_factory(recipe) -> nn.Module``; ``model(batch)`` returns an object with ``.loss`` (the
+* ``build_model(recipe) -> nn.Module`` (:class:`~ppcr.training.request.TrainTask`; PPCR's is
+  :mod:`ppcr.training.ppcr_task`); ``model(batch)`` returns an object with ``.loss`` (the
   weighted total, a scalar tensor) and ``.losses`` (a dict of unweighted scalar terms, the same
   keys every call), optionally ``.metrics`` (a dict of scalars that are logged, not optimised,
   e.g. PPCR's ``patch_acc``). The model casts floating inputs to its own dtype (DeepSpeed casts the module
@@ -11,7 +12,7 @@ Model contract (the PPCR model and the tests' stand-in both follow it):
   (from ``state_dict`` when given, whose keys are ``model.state_dict()``'s); its
   ``from_pretrained(directory)`` reads it back with no DeepSpeed involved.
 * Trainable parameters are those with ``requires_grad``; frozen ones must be rebuilt identically
-  by the factory (they are not part of the resumable state).
+  by ``build_model`` (they are not part of the resumable state).
 * Optional ``model.is_mllm_parameter(name)``: which parameters ``train.mllm_lr`` applies to.
 
 Per optimizer step, each rank runs ``grad_accum`` micro-batches (forward, finiteness check,
@@ -56,7 +57,7 @@ from ppcr.training.layout import CHECKPOINTS_DIR, FINAL_DIR, METRICS_FILE, RECIP
 from ppcr.training.metrics import MetricsLog, collect_env, truncate_metrics, write_env
 from ppcr.training.param_groups import optimizer_groups
 from ppcr.training.plan import TrainingPlan, make_plan
-from ppcr.training.request import RunRequest, resolve_callable
+from ppcr.training.request import RunRequest
 from ppcr.training.result import TrainResult
 
 
@@ -94,11 +95,10 @@ class Trainer:
         # writes until all of them have.
         barrier()
         train = self.recipe.train
-        dataset_factory = resolve_callable(self.request.dataset_factory)
-        model_factory = resolve_callable(self.request.model_factory)
-        self.collate_fn = resolve_callable(self.request.collate_fn)
+        task = self.request.resolved_task()
+        self.collate_fn = task.collate
 
-        self.dataset = dataset_factory(self.recipe)
+        self.dataset = task.build_dataset(self.recipe)
         self.plan: TrainingPlan = make_plan(train, self.dist.world_size, len(self.dataset))
         self.image_groups = None
         if self.recipe.data.sentences_per_image > 1:
@@ -111,7 +111,7 @@ class Trainer:
         self.precision = resolve_precision(train.precision, self.dist.device_type)
 
         seed_everything(self.recipe.seed)  # identical model construction on every rank and on resume
-        model = model_factory(self.recipe)
+        model = task.build_model(self.recipe)
         check_export_contract(model, self.precision)
         self.trainable_names = [name for name, p in model.named_parameters() if p.requires_grad]
         if not self.trainable_names:

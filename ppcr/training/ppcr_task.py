@@ -1,16 +1,12 @@
-"""What ``ppcr train`` trains: the PPCR model on refer-layout datasets, wired into the engine.
+"""What ``ppcr train`` trains: the PPCR task of the engine, and the PPCR train step.
 
-The engine (:mod:`ppcr.training.run`) is model-agnostic; it takes a model factory, a dataset
-factory and a collate function. This module provides the three for PPCR, as importable
-top-level names so that spawned and DeepSpeed-launched ranks can resolve them
-(``"ppcr.training.ppcr_task:build_train_model"`` etc.).
+The engine (:func:`ppcr.training.run.train`) trains :data:`PPCR_TASK` unless given other
+factories:
 
-- The dataset yields one sentence per item (docs/design.md, "Data"), over all ``recipe.data.datasets``, with
-  its mask decoded and its image loaded in DataLoader workers.
-- The model is wrapped so that its forward takes those raw items: the processor (tokenizer,
-  CLIP/SAM transforms) belongs to the model, and the semantic/spatial templates are sampled with
-  a random stream derived from the seed, the epoch and the sample index, so a resumed run sees
-  exactly the prompts an uninterrupted one would.
+- the dataset yields one sentence per item (docs/design.md, "Data"), over all
+  ``recipe.data.datasets``, with its mask decoded and its image loaded in DataLoader workers;
+- the model is :class:`PPCRTrainModule`, whose forward is one training step on those raw items
+  (templates, teacher forcing, the three stages and the loss), read top to bottom.
 """
 
 from __future__ import annotations
@@ -28,6 +24,7 @@ from torch import nn
 from ppcr.config.schema import Recipe
 from ppcr.data.refer import ReferDataset
 from ppcr.evaluation.data import check_images_present
+from ppcr.training.request import TrainTask
 
 
 @dataclass
@@ -98,7 +95,7 @@ def collate_items(items: list[TrainItem]) -> list[TrainItem]:
 
 
 class PPCRTrainModule(nn.Module):
-    """The PPCR model plus its processor, taking raw :class:`TrainItem` lists.
+    """The PPCR model plus its processor, taking raw :class:`TrainItem` lists: the train step.
 
     ``save_pretrained`` writes a plain PPCR checkpoint directory (``PPCRModel.from_pretrained``
     reads it directly); ``state_dict=`` carries the consolidated fp32 master weights.
@@ -113,6 +110,19 @@ class PPCRTrainModule(nn.Module):
         self.processor = PPCRProcessor.from_model(model)
 
     def forward(self, items: list[TrainItem]):
+        """One training step's forward (the engine adds backward and the optimizer step).
+
+        1. Templates: every random choice of the step draws from one stream seeded by the items'
+           ``template_seed`` (seed, epoch, sample index), so a resumed run replays the prompts
+           an uninterrupted one would have seen. The processor samples each item's semantic and
+           spatial templates from it and tokenises (it owns the tokenizer and image transforms).
+        2. Teacher forcing (``train.gt_box_rate``, training only): each item's SAM gets, with that
+           probability, the ground-truth box instead of the predicted one, jittered as a pointer
+           that found the right CLIP patch would give it (``train.gt_box_jitter``); the box head
+           is still trained on its own prediction.
+        3. The three stages and the weighted loss: :meth:`PPCRModel.forward
+           <ppcr.modeling.model.PPCRModel.forward>` (terms in :func:`ppcr.modeling.losses.objective`).
+        """
         from ppcr.modeling.processor import PPCRSample
 
         samples = [
@@ -120,14 +130,13 @@ class PPCRTrainModule(nn.Module):
             for i in items
         ]
         rng = random.Random("|".join(i.template_seed for i in items))
-        batch = self.processor(samples, rng=rng)
-        device = next(self.model.parameters()).device
-        rate = self.recipe.train.gt_box_rate
+        batch = self.processor(samples, rng=rng)  # 1. templates
         gt_box_rows = teacher_boxes = None
-        if self.training and rate > 0:  # drawn from the same per-batch seed: resumes replay it
-            gt_box_rows = torch.tensor([rng.random() < rate for _ in items])
+        if self.training and self.recipe.train.gt_box_rate > 0:  # 2. teacher forcing
+            gt_box_rows = torch.tensor([rng.random() < self.recipe.train.gt_box_rate for _ in items])
             teacher_boxes = self._jittered_boxes(batch, rng)
-        return self.model(batch.to(device), gt_box_rows=gt_box_rows, teacher_boxes=teacher_boxes)
+        device = next(self.model.parameters()).device
+        return self.model(batch.to(device), gt_box_rows=gt_box_rows, teacher_boxes=teacher_boxes)  # 3.
 
     def _jittered_boxes(self, batch, rng: random.Random) -> Optional[torch.Tensor]:
         """Teacher-forced boxes as a pointer that found the right CLIP patch would give them
@@ -163,13 +172,5 @@ def build_train_model(recipe: Recipe) -> PPCRTrainModule:
     return PPCRTrainModule(build_model(recipe), recipe)
 
 
-MODEL_FACTORY = "ppcr.training.ppcr_task:build_train_model"
-DATASET_FACTORY = "ppcr.training.ppcr_task:build_train_dataset"
-COLLATE = "ppcr.training.ppcr_task:collate_items"
-
-
-def train_ppcr(recipe: Recipe, out_dir: str | Path, *, resume: bool = False, nproc: int = 1, **kwargs):
-    """Train PPCR as ``recipe`` says into ``out_dir`` (what ``ppcr train`` runs)."""
-    from ppcr.training.run import train
-
-    return train(recipe, out_dir, MODEL_FACTORY, DATASET_FACTORY, COLLATE, resume=resume, nproc=nproc, **kwargs)
+# What the engine trains by default (RunRequest.resolved_task).
+PPCR_TASK = TrainTask(build_model=build_train_model, build_dataset=build_train_dataset, collate=collate_items)

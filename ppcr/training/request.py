@@ -1,4 +1,10 @@
-"""What a rank is asked to do: the recipe, where to write, and how to build model and data."""
+"""What a rank is asked to do: the recipe, where to write, and what to train.
+
+The task is PPCR unless a caller passes its own factories (the engine's tests train small stand-in
+models). Factories are Python callables, never names to import: ``spawn`` ranks receive them
+pickled (a module-level function or class by reference), while ranks started by DeepSpeed's
+launcher read only data (:func:`ppcr.training.worker.request_to_spec`) and always train PPCR.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +12,35 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ppcr.config.schema import Recipe
-from ppcr.training.errors import TrainingError
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """How to build what a run trains: ``build_model(recipe)`` (see the model contract in
+    :mod:`ppcr.training.loop`), ``build_dataset(recipe)`` and the DataLoader's ``collate``."""
+
+    build_model: Callable[[Recipe], Any]
+    build_dataset: Callable[[Recipe], Any]
+    collate: Optional[Callable[[list[Any]], Any]] = None
 
 
 @dataclass
 class RunRequest:
-    """Everything a rank needs to train; picklable (factories as callables or ``module:attr`` strings)."""
+    """Everything a rank needs to train; picklable. ``task=None`` trains PPCR."""
 
     recipe: Recipe
     out_dir: str
-    model_factory: Callable[[Recipe], Any] | str
-    dataset_factory: Callable[[Recipe], Any] | str
-    collate_fn: Callable[[list[Any]], Any] | str | None = None
+    task: Optional[TrainTask] = None
     resume: bool = False
     show_progress: bool = False
     on_log: Optional[Callable[[dict[str, Any]], None]] = None
     launcher: str = "in-process"
     extra_env: dict[str, Any] = field(default_factory=dict)
 
+    def resolved_task(self) -> TrainTask:
+        """The task to run: the caller's, or PPCR's (imported here, in the rank that trains)."""
+        if self.task is not None:
+            return self.task
+        from ppcr.training.ppcr_task import PPCR_TASK
 
-def resolve_callable(value: Callable | str | None) -> Callable | None:
-    """A callable given directly or by dotted path (``package.module:attr`` or ``package.module.attr``)."""
-    if value is None or callable(value):
-        return value
-    import importlib
-
-    module_name, sep, attr = value.partition(":")
-    if not sep:
-        module_name, _, attr = value.rpartition(".")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError, ValueError) as exc:
-        hint = "use 'package.module:attribute'"
-        raise TrainingError(f"cannot import {value!r}: {exc}", hint=hint) from None
-    if not callable(target):
-        raise TrainingError(f"{value!r} is not callable")
-    return target
+        return PPCR_TASK

@@ -11,8 +11,13 @@ Run directory layout (every file and folder written atomically)::
     <out>/.ppcr-train.lock            held while a run trains here (a second run is refused)
 
 Everything that can be checked without data or model (train settings, world size, the run
-directory, the recipe on resume) is checked here before any process starts; the dataset length
-is checked on the ranks before the model is built.
+directory, the recipe on resume, the launcher) is checked here before any process starts; the
+dataset length is checked on the ranks before the model is built.
+
+The path of ``ppcr train``: ``ppcr_cli/train.py`` → :func:`train` (checks, run-directory lock,
+ranks started) → :func:`ppcr.training.worker.run_rank` in each rank →
+:class:`ppcr.training.loop.Trainer` → the train step,
+:class:`ppcr.training.ppcr_task.PPCRTrainModule` → :class:`ppcr.modeling.model.PPCRModel`.
 """
 
 from __future__ import annotations
@@ -23,18 +28,17 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from ppcr.config.recipe_checks import check_recipe
-from ppcr.config.schema import Recipe
+from ppcr.config.schema import Launcher, Recipe, choices
 from ppcr.training.errors import TrainingError
 from ppcr.training.layout import CHECKPOINTS_DIR, FINAL_DIR, RECIPE_FILE, RUN_ENTRIES, STATE_DIR, STEP_TAG
 from ppcr.training.plan import gradient_accumulation_steps
-from ppcr.training.request import RunRequest
+from ppcr.training.request import RunRequest, TrainTask
 from ppcr.training.result import TrainResult
 from ppcr.training.run_lock import run_directory_lock
 
-Launcher = Literal["auto", "spawn", "deepspeed"]
 # Keys that may change between an interrupted run and its resume without changing the training.
 RESUME_MAY_CHANGE = ("name", "description", "train.save_every", "train.log_every", "data.num_workers", "eval")
 
@@ -42,9 +46,9 @@ RESUME_MAY_CHANGE = ("name", "description", "train.save_every", "train.log_every
 def train(
     recipe: Recipe,
     out_dir: str | Path,
-    model_factory: Callable[[Recipe], Any] | str,
-    dataset_factory: Callable[[Recipe], Any] | str,
-    collate_fn: Callable[[list[Any]], Any] | str | None = None,
+    model_factory: Callable[[Recipe], Any] | None = None,
+    dataset_factory: Callable[[Recipe], Any] | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
     *,
     resume: bool = False,
     nproc: int = 1,
@@ -52,18 +56,23 @@ def train(
     progress: bool | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train ``model_factory(recipe)`` on ``dataset_factory(recipe)`` into ``out_dir``.
+    """Train PPCR as ``recipe`` says into ``out_dir`` (what ``ppcr train`` runs).
 
-    Factories and ``collate_fn`` are callables or ``'module:attr'`` strings; for ``nproc > 1``
-    they must be importable in a fresh process (top-level functions or picklable objects for
-    ``spawn``; strings for ``deepspeed``). ``launcher='auto'`` uses DeepSpeed's launcher on GPU
-    and ``torch.multiprocessing`` spawn on CPU; ``nproc=1`` runs in this process. Inside a process
-    already started by ``deepspeed``/``torchrun`` this call trains as that rank. ``on_log`` is
-    called on rank 0 with each metrics row (in rank 0's process). Raises PPCRError subclasses for
-    bad settings, a bad run directory, and :class:`~ppcr.training.errors.NonFiniteLossError`.
+    ``launcher='auto'`` uses DeepSpeed's launcher on GPU and ``torch.multiprocessing`` spawn on
+    CPU; ``nproc=1`` runs in this process. Inside a process already started by
+    ``deepspeed``/``torchrun`` this call trains as that rank. ``on_log`` is called on rank 0 with
+    each metrics row (in rank 0's process). Raises PPCRError subclasses for bad settings, a bad
+    run directory, and :class:`~ppcr.training.errors.NonFiniteLossError`.
+
+    The engine trains any model that follows the contract in :mod:`ppcr.training.loop`: pass
+    ``model_factory(recipe)`` and ``dataset_factory(recipe)`` (and ``collate_fn``) to train
+    something else than PPCR (the engine's tests do). They are callables; with ``spawn`` they
+    travel pickled, so module-level functions or picklable objects. DeepSpeed's launcher starts
+    fresh processes that receive data only, so it trains PPCR alone.
     """
     from ppcr.training.distributed import external_world_size, launched_externally
 
+    task = _task(model_factory, dataset_factory, collate_fn)
     out = Path(out_dir)
     external = launched_externally()
     if nproc < 1:
@@ -76,6 +85,25 @@ def train(
         )
     check_recipe(recipe)  # again: a recipe built in code has not been through load_recipe
     gradient_accumulation_steps(recipe.train, world_size)
+    chosen = "external" if external else "in-process" if nproc == 1 else _rank_launcher(launcher, nproc)
+    if chosen == "deepspeed" and task is not None:
+        raise TrainingError(
+            "DeepSpeed's launcher trains PPCR only: its ranks are fresh processes that receive data, not code",
+            hint="train other models with launcher='spawn'",
+        )
+    if chosen == "deepspeed" and on_log is not None:
+        raise TrainingError(
+            "on_log cannot be passed to ranks started by DeepSpeed's launcher", hint="use launcher='spawn'"
+        )
+    request = RunRequest(
+        recipe=recipe,
+        out_dir=str(out),
+        task=task,
+        resume=resume,
+        show_progress=sys.stderr.isatty() if progress is None else progress,
+        on_log=on_log,
+        launcher=chosen,
+    )
 
     # One run per folder: this process holds the lock while its ranks train (under an external
     # launcher, rank 0 does). It is taken before the folder is inspected, so two runs started
@@ -83,52 +111,38 @@ def train(
     holds_lock = not external or os.environ.get("RANK") == "0"
     with run_directory_lock(out) if holds_lock else contextlib.nullcontext():
         check_run_dir(out, recipe, resume, world_size)
-        return _run(
-            recipe, out, model_factory, dataset_factory, collate_fn,
-            resume=resume, nproc=nproc, launcher=launcher, progress=progress, on_log=on_log,
-            external=external,
+        return _start_ranks(request, nproc)
+
+
+def _task(
+    model_factory: Callable[[Recipe], Any] | None,
+    dataset_factory: Callable[[Recipe], Any] | None,
+    collate_fn: Callable[[list[Any]], Any] | None,
+) -> TrainTask | None:
+    """The caller's task, or None for PPCR; factories must be callables, given together."""
+    given = {"model_factory": model_factory, "dataset_factory": dataset_factory, "collate_fn": collate_fn}
+    if all(value is None for value in given.values()):
+        return None
+    if model_factory is None or dataset_factory is None:
+        raise TrainingError(
+            "pass both model_factory and dataset_factory, or neither to train PPCR",
+            hint="collate_fn is optional",
         )
+    for role, value in given.items():
+        if value is not None and not callable(value):
+            raise TrainingError(
+                f"{role} must be a callable, got {type(value).__name__} {value!r}",
+                hint="pass the function itself (a module-level one for launcher='spawn')",
+            )
+    return TrainTask(model_factory, dataset_factory, collate_fn)
 
 
-def _run(
-    recipe: Recipe,
-    out: Path,
-    model_factory: Callable[[Recipe], Any] | str,
-    dataset_factory: Callable[[Recipe], Any] | str,
-    collate_fn: Callable[[list[Any]], Any] | str | None,
-    *,
-    resume: bool,
-    nproc: int,
-    launcher: Launcher,
-    progress: bool | None,
-    on_log: Callable[[dict[str, Any]], None] | None,
-    external: bool,
-) -> TrainResult:
-    """Start the ranks (checks done, run directory held) and return rank 0's result."""
-    from ppcr.training.distributed import environment, free_port, rank_environment
-
-    request = RunRequest(
-        recipe=recipe,
-        out_dir=str(out),
-        model_factory=model_factory,
-        dataset_factory=dataset_factory,
-        collate_fn=collate_fn,
-        resume=resume,
-        show_progress=sys.stderr.isatty() if progress is None else progress,
-        on_log=on_log,
-    )
-    from ppcr.training.worker import run_rank
-
-    if external:
-        request.launcher = "external"
-        return run_rank(request)
-    if nproc == 1:
-        request.launcher = "in-process"
-        with environment(rank_environment(0, 1, free_port())):
-            return run_rank(request)
-
+def _rank_launcher(launcher: str, nproc: int) -> str:
+    """How ``nproc`` > 1 local ranks are started: ``spawn`` or ``deepspeed`` (``auto``: by device)."""
     from ppcr.training.distributed import device_type
 
+    if launcher not in choices(Launcher):
+        raise TrainingError(f"unknown launcher {launcher!r}; choose {', '.join(choices(Launcher))}")
     if device_type() == "cuda":
         import torch
 
@@ -137,16 +151,27 @@ def _run(
                 f"--nproc {nproc} asks for more processes than the {torch.cuda.device_count()} visible GPUs",
                 hint="use one process per GPU (multi-node runs go through deepspeed --hostfile)",
             )
-    chosen = launcher if launcher != "auto" else ("deepspeed" if device_type() == "cuda" else "spawn")
-    request.launcher = chosen
+    if launcher != "auto":
+        return launcher
+    return "deepspeed" if device_type() == "cuda" else "spawn"
+
+
+def _start_ranks(request: RunRequest, nproc: int) -> TrainResult:
+    """Train as this process's rank, or start ``nproc`` ranks and return rank 0's result."""
+    from ppcr.training.distributed import environment, free_port, rank_environment
+    from ppcr.training.worker import run_rank
+
+    if request.launcher == "external":
+        return run_rank(request)
+    if request.launcher == "in-process":
+        with environment(rank_environment(0, 1, free_port())):
+            return run_rank(request)
     result_dir = tempfile.mkdtemp(prefix="ppcr-train-")
     try:
-        if chosen == "spawn":
+        if request.launcher == "spawn":
             _launch_spawn(request, nproc, result_dir)
-        elif chosen == "deepspeed":
-            _launch_deepspeed(request, nproc, result_dir)
         else:
-            raise TrainingError(f"unknown launcher {launcher!r}; choose auto, spawn or deepspeed")
+            _launch_deepspeed(request, nproc, result_dir)
         return _collect(result_dir, nproc, launcher_failed=None)
     finally:
         shutil.rmtree(result_dir, ignore_errors=True)
@@ -163,10 +188,6 @@ def _launch_deepspeed(request: RunRequest, nproc: int, result_dir: str) -> None:
     from ppcr.training.launch import launch_deepspeed
     from ppcr.training.worker import request_to_spec
 
-    if request.on_log is not None:
-        raise TrainingError(
-            "on_log cannot be passed to ranks started by DeepSpeed's launcher", hint="use launcher='spawn'"
-        )
     launch_deepspeed("ppcr.training.worker", request_to_spec(request, result_dir), nproc, result_dir)
 
 

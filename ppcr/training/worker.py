@@ -4,7 +4,8 @@ Every rank writes ``rank<r>.json`` into a result folder chosen by the launching 
 (:mod:`ppcr.training.launch`): its :class:`TrainResult`, or the error that stopped it.
 
 ``python -m ppcr.training.worker <spec.json>`` is what ``deepspeed --module`` starts on each GPU;
-the spec holds the recipe as a plain dict and the factories as ``module:attr`` strings.
+the spec is data only (the recipe as a plain dict, the run folder, flags), and those ranks train
+PPCR: no code travels through it.
 """
 
 from __future__ import annotations
@@ -51,22 +52,17 @@ def _quiet_library_deprecations() -> None:
 
 
 def request_to_spec(request: RunRequest, result_dir: str) -> dict[str, Any]:
-    """A JSON-able description of ``request`` for processes started by an external launcher."""
+    """A JSON-able description of a PPCR ``request`` for processes started by an external launcher."""
     from ppcr.config.loading import recipe_to_dict
 
-    for role in ("model_factory", "dataset_factory", "collate_fn"):
-        value = getattr(request, role)
-        if value is not None and not isinstance(value, str):
-            raise PPCRError(
-                f"{role} must be given as a 'module:attr' string to start ranks with DeepSpeed's launcher",
-                hint="pass dotted paths, or use launcher='spawn'",
-            )
+    if request.task is not None or request.on_log is not None:
+        raise PPCRError(
+            "ranks started by DeepSpeed's launcher receive data only: they train PPCR, with no on_log",
+            hint="use launcher='spawn' for other models or an on_log callback",
+        )
     return {
         "recipe": recipe_to_dict(request.recipe),
         "out_dir": request.out_dir,
-        "model_factory": request.model_factory,
-        "dataset_factory": request.dataset_factory,
-        "collate_fn": request.collate_fn,
         "resume": request.resume,
         "show_progress": request.show_progress,
         "launcher": request.launcher,
@@ -81,9 +77,6 @@ def request_from_spec(spec: dict[str, Any]) -> tuple[RunRequest, str]:
     request = RunRequest(
         recipe=recipe_from_dict(spec["recipe"]),
         out_dir=spec["out_dir"],
-        model_factory=spec["model_factory"],
-        dataset_factory=spec["dataset_factory"],
-        collate_fn=spec.get("collate_fn"),
         resume=bool(spec.get("resume", False)),
         show_progress=bool(spec.get("show_progress", False)),
         launcher=spec.get("launcher", "deepspeed"),

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ppcr.config.schema import DtypeName, choices
 from ppcr.errors import PPCRError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+DTYPE_CHOICES = choices(DtypeName)
 _DTYPE_ALIASES = {
     "auto": "auto",
     "fp32": "fp32", "float32": "fp32", "float": "fp32",

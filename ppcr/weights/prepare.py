@@ -46,9 +46,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from ppcr.config.schema import LoraSpec, ModelSpec, TinySpec
+from ppcr.config.schema import LoraSpec, ModelSpec, TinySpec, WeightsFrom
 from ppcr.errors import CheckpointError, PPCRError
 from ppcr.modeling.config import IMAGE_END_TOKEN, IMAGE_START_TOKEN
 
@@ -59,7 +59,6 @@ if TYPE_CHECKING:
     from ppcr.modeling.config import PPCRConfig, TokenIds
     from ppcr.weights.report import ConversionReport
 
-WeightsFrom = Literal["llava", "glamm"]
 Progress = Callable[[str], None]
 
 LLAVA_HF_ID = "llava-hf/llava-1.5-7b-hf"
