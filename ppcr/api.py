@@ -41,7 +41,7 @@ def train(
     CPU, DeepSpeed on GPU by default); ``progress`` shows a bar (default: on a terminal);
     ``on_log(row)`` sees every logged metrics row.
     """
-    from ppcr.config.schema import BoxSource, Launcher, Recipe
+    from ppcr.config.schema import Recipe
     from ppcr.errors import PPCRError
     from ppcr.training.run import train as train_run
 

@@ -30,7 +30,7 @@ from ppcr.training.param_groups import optimizer_groups
 from ppcr.training.plan import make_plan
 from ppcr.training.result import TrainResult
 from ppcr.training.run import _collect, train
-from ppcr.training.worker import write_report
+from ppcr.training.launch import write_report
 from tests.stand_in_model import (
     StandInConfig,
     StandInFactory,

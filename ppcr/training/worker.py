@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ppcr.errors import PPCRError
-from ppcr.training.launch import report_outcome, write_report  # noqa: F401 - write_report: re-exported
+from ppcr.training.launch import report_outcome
 from ppcr.training.request import RunRequest
 from ppcr.training.result import TrainResult
 
