@@ -16,8 +16,9 @@ device (no memory, no weights) with the stand-in tokenizer (``init.tokenizer: st
   runs once per image, its KV cache shared by the sentences' suffixes (the ``ppcr eval`` default).
 
 The pieces are the model's own modules and methods called with meta tensors of the real shapes
-(``_encode_images``, ``_language_model`` with and without the cache, ``semantic_prompts``, the box
-head, ``_sam_masks``); only the bookkeeping around them (prefix search, ``[SEG]`` positions), which
+(``encode_images``' vision towers, ``language_model`` with and without the cache,
+``semantic_prompts``, the box head, ``sam_prompting.sam_masks``; ``prefix_cache.prefix_length``
+finds the shared prefix); only the bookkeeping around them (prefix search, ``[SEG]`` positions), which
 reads token values and so cannot run on meta, is mirrored here from ``PPCRModel._predict``.
 tests/test_flops_per_sentence.py checks this mirror against the real ``segment`` path on the
 tiny model on the CPU: the counts are equal.
@@ -123,27 +124,28 @@ def _stage_flops(
     ``prefix_rule(model, input_ids)`` replaces the model's prefix search (what-if estimates only).
     """
     from ppcr.modeling.kv_cache import cache_keyword, returned_cache
+    from ppcr.modeling.prefix_cache import prefix_length
 
     device, dtype = clip_tokens.device, clip_tokens.dtype
     batch, length = stage.input_ids.shape
     hidden = model.hidden_size
-    rule = prefix_rule or (lambda m, ids: m._prefix_length(ids))
+    rule = prefix_rule or (lambda m, ids: prefix_length(ids, m.token_ids))
     prefix = rule(model, stage.input_ids) if share_prefix else None
     if prefix is None or prefix >= length:
         embeds = tally.run("embed", lambda: torch.empty(batch, length, hidden, device=device, dtype=dtype))
         # use_cache=True only keeps transformers from reading mask values on meta; no FLOPs change.
-        tally.run(part, lambda: model._language_model(embeds, None, use_cache=True))
+        tally.run(part, lambda: model.language_model(inputs_embeds=embeds, use_cache=True))
         return
     for image in torch.unique(image_index).tolist():
         rows = int((image_index == image).sum())
         prefix_embeds = torch.empty(1, prefix, hidden, device=device, dtype=dtype)
-        out = tally.run(part + " prefix", lambda: model._language_model(prefix_embeds, None, use_cache=True))
+        out = tally.run(part + " prefix", lambda: model.language_model(inputs_embeds=prefix_embeds, use_cache=True))
         cache = returned_cache(out)
         if rows > 1:
             cache.batch_repeat_interleave(rows)
         suffix = torch.empty(rows, length - prefix, hidden, device=device, dtype=dtype)
         cached = {cache_keyword(type(model.language_model)): cache}
-        tally.run(part + " suffix", lambda: model._language_model(suffix, None, use_cache=True, **cached))
+        tally.run(part + " suffix", lambda: model.language_model(inputs_embeds=suffix, use_cache=True, **cached))
 
 
 def count_segment(
@@ -169,7 +171,12 @@ def count_segment(
         p_box = torch.empty(batch, hidden, device=device, dtype=dtype)
         image_tokens = features.clip_tokens.index_select(0, image_index.to(device))
         boxes = tally.run("heads", lambda: model.box_head(p_box, image_tokens))
-    tally.run("SAM decoder", lambda: model._sam_masks(features, image_index, semantic_prompt, boxes))
+    from ppcr.modeling.sam_prompting import sam_masks
+
+    tally.run(
+        "SAM decoder",
+        lambda: sam_masks(model.sam, model.sam_transform, features, image_index, semantic_prompt, boxes),
+    )
     return tally
 
 
@@ -226,6 +233,8 @@ def what_if(model, processor, expressions, naive_per_sentence: float) -> dict[st
 
 def prompt_lengths(model, processor, expressions) -> dict[str, Any]:
     """Token counts of the prompts: padded lengths per stage and the shared prefix."""
+    from ppcr.modeling.prefix_cache import prefix_length
+
     text = processor.texts(list(expressions), [0] * len(expressions))
     stages = {"semantic": text.semantic, "spatial": text.spatial}
     out: dict[str, Any] = {}
@@ -234,7 +243,7 @@ def prompt_lengths(model, processor, expressions) -> dict[str, Any]:
             continue
         out[name] = {
             "padded_length": int(stage.input_ids.shape[1]),
-            "prefix": model._prefix_length(stage.input_ids),
+            "prefix": prefix_length(stage.input_ids, model.token_ids),
             "text_tokens": [int(n) - model.image_seq_length for n in stage.attention_mask.sum(dim=1).tolist()],
         }
     return out
