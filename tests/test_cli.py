@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.cli_errors import assert_one_line_error
+
 PPCR = [sys.executable, "-m", "ppcr_cli"]
 
 
@@ -41,12 +43,7 @@ def test_version():
 
 
 def _assert_one_line_error(result, code: int, text: str):
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[0].startswith("error:"), result.stderr
-    assert text in lines[0]
-    assert len(lines) <= 2 and all(l.startswith(("error:", "hint:")) for l in lines), result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
+    assert_one_line_error(result.returncode, result.stdout, result.stderr, text, code)
 
 
 def test_unknown_recipe():

@@ -17,6 +17,7 @@ from PIL import Image
 from ppcr.images import PRED_COLOR, overlay
 from ppcr.inference import model_source
 from ppcr_cli.errors import run_guarded
+from tests.cli_errors import assert_one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +47,6 @@ def files_under(folder) -> list[str]:
     if not folder.exists():
         return []
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-
-
-def assert_one_line_error(code, out, err, text, code_expected=1):
-    assert code == code_expected, (code, out, err)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines and lines[0].startswith("error:"), err
-    assert text in lines[0], lines[0]
-    assert len(lines) <= 2 and all(line.startswith(("error:", "hint:")) for line in lines), err
-    assert "Traceback" not in out + err
 
 
 def read_mask(path) -> np.ndarray:

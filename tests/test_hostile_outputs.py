@@ -22,6 +22,7 @@ import typer
 from PIL import Image
 
 from ppcr_cli.errors import run_guarded
+from tests.cli_errors import assert_one_line_error
 
 
 @pytest.fixture(autouse=True)
@@ -37,17 +38,6 @@ def ppcr(capsys, *args):
     code = run_guarded(typer.main.get_command(app), [*map(str, args)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def assert_one_line_error(result, text, code_expected=1):
-    code, out, err = result
-    assert code == code_expected, (code, out, err)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines and lines[0].startswith("error:"), err
-    assert text in lines[0], lines[0]
-    assert len(lines) <= 2 and all(line.startswith(("error:", "hint:")) for line in lines), err
-    assert "Traceback" not in out + err
-    return lines
 
 
 def picture(path, seed=0, size=(61, 43)):
@@ -86,7 +76,7 @@ def test_batch_output_naming_another_lines_input_is_refused_before_anything_runs
         json.dumps({"image": "a.png", "expressions": ["red circle"], key: "b.png"}) + "\n"
         + json.dumps({"image": "b.png", "expressions": ["blue square"]}) + "\n"
     )
-    lines = assert_one_line_error(ppcr(capsys, "predict", "--batch", jobs), "jobs.jsonl line 1")
+    lines = assert_one_line_error(*ppcr(capsys, "predict", "--batch", jobs), "jobs.jsonl line 1")
     assert "b.png" in lines[0] and "input image" in lines[0]
     assert second.read_bytes() == before and first.is_file()
     assert files_under(tmp_path) == ["a.png", "b.png", "jobs.jsonl"]
@@ -102,7 +92,7 @@ def test_batch_outputs_colliding_through_a_linked_folder_are_refused(capsys, tmp
         json.dumps({"image": "a.png", "expressions": ["x"], "mask": "out/m.png"}) + "\n"
         + json.dumps({"image": "b.png", "expressions": ["y"], "mask": "same-out/m.png"}) + "\n"
     )
-    assert_one_line_error(ppcr(capsys, "predict", "--batch", jobs), "same file")
+    assert_one_line_error(*ppcr(capsys, "predict", "--batch", jobs), "same file")
     assert not any((tmp_path / "out").iterdir())
 
 
@@ -114,14 +104,14 @@ def test_input_reached_through_a_symlink_is_not_overwritten_by_its_target(capsys
     before = real.read_bytes()
     (tmp_path / "link.png").symlink_to(real)
     for option in ("-o", "--overlay"):
-        assert_one_line_error(ppcr(capsys, "predict", tmp_path / "link.png", "x", option, real), "input image")
+        assert_one_line_error(*ppcr(capsys, "predict", tmp_path / "link.png", "x", option, real), "input image")
     # And the other way round: the output is a link to the input, or a hard link of it.
-    assert_one_line_error(ppcr(capsys, "predict", real, "x", "-o", tmp_path / "link.png"), "input image")
+    assert_one_line_error(*ppcr(capsys, "predict", real, "x", "-o", tmp_path / "link.png"), "input image")
     os.link(real, tmp_path / "hard.png")
-    assert_one_line_error(ppcr(capsys, "predict", tmp_path / "hard.png", "x", "-o", real), "input image")
+    assert_one_line_error(*ppcr(capsys, "predict", tmp_path / "hard.png", "x", "-o", real), "input image")
     # A folder reached through a link names the same file too.
     (tmp_path / "here").symlink_to(tmp_path, target_is_directory=True)
-    assert_one_line_error(ppcr(capsys, "predict", real, "x", "--overlay", tmp_path / "here" / "a.png"), "input image")
+    assert_one_line_error(*ppcr(capsys, "predict", real, "x", "--overlay", tmp_path / "here" / "a.png"), "input image")
     assert real.read_bytes() == before
 
 
@@ -134,7 +124,7 @@ def test_batch_input_through_a_symlink_is_protected_too(capsys, tmp_path, no_mod
         json.dumps({"image": "b.png", "expressions": ["x"], "mask": "a.png"}) + "\n"
         + json.dumps({"image": "link.png", "expressions": ["y"]}) + "\n"
     )
-    assert_one_line_error(ppcr(capsys, "predict", "--batch", jobs), "input image")
+    assert_one_line_error(*ppcr(capsys, "predict", "--batch", jobs), "input image")
 
 
 @pytest.fixture
@@ -153,7 +143,7 @@ def test_eval_out_that_would_replace_the_model_folder_is_refused(capsys, tmp_pat
     model = tmp_path / "shapes_val"
     shutil.copytree(tiny_model_dir, model)
     (tmp_path / "link").symlink_to(model, target_is_directory=True)
-    lines = assert_one_line_error(ppcr(capsys, *eval_args(tmp_path / "link", tmp_path)), "would replace")
+    lines = assert_one_line_error(*ppcr(capsys, *eval_args(tmp_path / "link", tmp_path)), "would replace")
     assert str(tmp_path / "shapes_val") in lines[0]
     assert (model / "config.json").is_file()
 
@@ -163,7 +153,7 @@ def test_eval_out_that_would_replace_the_images_folder_is_refused(capsys, tmp_pa
     images = tmp_path / "results" / "shapes_val"
     shutil.copytree(small_shapes_root / "images" / "shapes", images)
     args = [*eval_args(tiny_model_dir, tmp_path / "results"), "--images", images]
-    assert_one_line_error(ppcr(capsys, *args), "would replace")
+    assert_one_line_error(*ppcr(capsys, *args), "would replace")
     assert any(images.iterdir())
 
 
@@ -174,8 +164,8 @@ def test_eval_out_that_is_a_file_fails_before_the_model_loads(capsys, tmp_path, 
                                                               no_model_load):
     a_file = tmp_path / "results.json"
     a_file.write_text("{}")
-    assert_one_line_error(ppcr(capsys, *eval_args(tiny_model_dir, a_file)), "is a file")
-    assert_one_line_error(ppcr(capsys, *eval_args(tiny_model_dir, a_file / "deeper")), "is not a directory")
+    assert_one_line_error(*ppcr(capsys, *eval_args(tiny_model_dir, a_file)), "is a file")
+    assert_one_line_error(*ppcr(capsys, *eval_args(tiny_model_dir, a_file / "deeper")), "is not a directory")
     assert a_file.read_text() == "{}"
 
 
@@ -183,7 +173,7 @@ def test_eval_out_in_a_read_only_place_fails_before_the_model_loads(capsys, tmp_
                                                                     no_model_load, monkeypatch):
     # Tests run as root here, where every folder is writable: simulate a read-only one.
     monkeypatch.setattr(os, "access", lambda path, mode: not mode & os.W_OK)
-    assert_one_line_error(ppcr(capsys, *eval_args(tiny_model_dir, tmp_path / "new")), "is not writable")
+    assert_one_line_error(*ppcr(capsys, *eval_args(tiny_model_dir, tmp_path / "new")), "is not writable")
 
 
 # ------------------------------------------------------------------ 9: non-finite boxes
@@ -314,7 +304,7 @@ def test_big_image_warning_is_one_clean_line_and_over_the_hard_limit_a_clear_err
     assert len(lines) == 1 and lines[0].startswith("warning:") and "61×43" in lines[0], err
     assert "DecompressionBomb" not in err and "warnings.warn" not in err
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
-    lines = assert_one_line_error(ppcr(capsys, "predict", photo, "x", "--model", tiny_model_dir), "too large")
+    lines = assert_one_line_error(*ppcr(capsys, "predict", photo, "x", "--model", tiny_model_dir), "too large")
     assert "DecompressionBomb" not in "".join(lines)
 
 
@@ -343,7 +333,7 @@ def test_error_messages_keep_square_brackets(capsys, tmp_path, tiny_model_dir):
     heads[name] = heads[name][:-1].clone()
     save_file(heads, str(copy / "heads.safetensors"), metadata={"format": "pt"})
     photo = picture(tmp_path / "a.png")
-    lines = assert_one_line_error(ppcr(capsys, "predict", photo, "x", "--model", copy), "does not match")
+    lines = assert_one_line_error(*ppcr(capsys, "predict", photo, "x", "--model", copy), "does not match")
     assert "heads.safetensors [box_head] does not match" in lines[0]
 
 
@@ -354,7 +344,7 @@ def test_a_run_folder_as_model_points_at_its_final_checkpoint(capsys, tmp_path, 
     (run / "final").symlink_to(tiny_model_dir, target_is_directory=True)
     photo = picture(tmp_path / "a.png")
     for args in (["predict", photo, "x", "--model", run], eval_args(run, tmp_path / "out")):
-        lines = assert_one_line_error(ppcr(capsys, *args), "")
+        lines = assert_one_line_error(*ppcr(capsys, *args), "")
         assert len(lines) == 2 and str(run / "final") in lines[1], lines
 
 
