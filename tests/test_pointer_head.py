@@ -15,6 +15,7 @@ from ppcr.data import templates
 from ppcr.modeling.build import build_model
 from ppcr.modeling.heads import PointerBoxHead
 from ppcr.modeling.patch_grid import PatchGrid
+from ppcr.modeling.prefix_cache import prefix_length
 from ppcr.modeling.processor import PPCRProcessor
 from tests.test_model_forward import randomise_lora_b, synthetic_samples
 from tests.tiny_recipes import tiny_recipe
@@ -197,10 +198,10 @@ def test_question_first_grouped_inference_equals_the_plain_forward(variant):
 def test_sem_before_the_image_disables_the_shared_prefix():
     model = build_model(tiny_recipe(prompt_order="question_first"))
     text = PPCRProcessor.from_model(model).texts(["red circle", "blue square"], [0, 0])
-    assert model._prefix_length(text.spatial.input_ids) is None
+    assert prefix_length(text.spatial.input_ids, model.token_ids) is None
     image_first = build_model(tiny_recipe())
     text = PPCRProcessor.from_model(image_first).texts(["red circle", "blue square"], [0, 0])
-    assert image_first._prefix_length(text.spatial.input_ids) is not None
+    assert prefix_length(text.spatial.input_ids, image_first.token_ids) is not None
 
 
 # ------------------------------------------------------------------ every trainable parameter learns

@@ -24,6 +24,7 @@ from torch import nn
 from ppcr.config.schema import TinySpec
 from ppcr.errors import CheckpointError, DataError, PPCRError
 from ppcr.modeling.model import PPCRModel
+from ppcr.modeling.prefix_cache import prefix_length
 from ppcr.modeling.processor import PPCRProcessor, PPCRSample
 from ppcr.weights.prepare import prepare_weights
 from tests.weights_builders import (
@@ -498,7 +499,7 @@ def test_shared_prefix_and_grouped_evaluation_are_exact_with_glamms_longer_prefi
     text = processor.texts([s.expression for s in rows], [0, 0, 1, 1])
     # The shared prefix runs past the system prompt to the image tokens.
     ids = text.semantic.input_ids
-    assert model._prefix_length(ids) == len(reference_ids(model, GLAMM_USER.split("<image>")[0] + "<image>"))
+    assert prefix_length(ids, model.token_ids) == len(reference_ids(model, GLAMM_USER.split("<image>")[0] + "<image>"))
     with torch.no_grad():
         features = model.encode_images(images)
         shared = model.segment(features, text, share_prefix=True)

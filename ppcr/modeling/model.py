@@ -320,10 +320,6 @@ class PPCRModel(nn.Module):
             out = self._language_model(embeds, stage.attention_mask, use_cache=False)
             return out.last_hidden_state
 
-    def _prefix_length(self, input_ids: torch.Tensor) -> Optional[int]:
-        """See :func:`ppcr.modeling.prefix_cache.prefix_length`."""
-        return prefix_cache.prefix_length(input_ids, self.token_ids)
-
     def semantic_prompts(self, h_sem: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """From h_sem: SAM's semantic prompt token and the spatial stage's ``<sem>`` input (None when
         the variant has no ``<sem>`` slot); one place for the step that probes also need."""
