@@ -54,16 +54,13 @@ def no_space_error(path: str | os.PathLike[str]) -> PPCRError:
     )
 
 
-def _write_error(path: Path, error: OSError) -> PPCRError:
+def write_error(path: str | os.PathLike[str], error: OSError) -> PPCRError:
+    """The one-line PPCRError for an OSError met while writing ``path``."""
+    path = Path(path)
     if error.errno in _NO_SPACE:
         return no_space_error(path)
     reason = error.strerror or type(error).__name__
     return PPCRError(f"cannot write {path}: {reason}", hint=_HINT)
-
-
-def write_error(path: str | os.PathLike[str], error: OSError) -> PPCRError:
-    """The one-line PPCRError for an OSError met while writing ``path``."""
-    return _write_error(Path(path), error)
 
 
 def filesystem_full(path: str | os.PathLike[str]) -> bool:
@@ -102,7 +99,7 @@ def describe_write_failure(error: BaseException, path: str | os.PathLike[str]) -
         if isinstance(link, PPCRError):
             return link
         if isinstance(link, OSError):
-            return _write_error(Path(path), link)
+            return write_error(path, link)
     texts = [str(link) for link in chain]
     if any(marker in text for text in texts for marker in _NO_SPACE_TEXT):
         return no_space_error(path)
@@ -119,7 +116,7 @@ def _make_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise _write_error(path, error) from None
+        raise write_error(path, error) from None
 
 
 @contextlib.contextmanager
@@ -137,7 +134,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
     except OSError as error:
-        raise _write_error(path, error) from None
+        raise write_error(path, error) from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -150,7 +147,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)
-        raise _write_error(path, error) from None
+        raise write_error(path, error) from None
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -162,7 +159,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as error:
-            raise _write_error(Path(path), error) from None
+            raise write_error(path, error) from None
     return Path(path)
 
 
@@ -236,7 +233,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-", dir=path.parent))
     except OSError as error:
-        raise _write_error(path, error) from None
+        raise write_error(path, error) from None
     try:
         yield tmp
     except BaseException:
@@ -247,7 +244,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         replace_directory(tmp, path)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(path, error) from None
+        raise write_error(path, error) from None
 
 
 # The names the functions above give their temporaries (``tempfile`` draws 8 characters from
