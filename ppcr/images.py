@@ -252,13 +252,9 @@ def _check_mask(mask: np.ndarray, height: int, width: int, name: str) -> np.ndar
     return mask if mask.dtype == np.bool_ else mask != 0  # a bool mask is used as it is, not copied
 
 
-def _contour(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask`` with at least one 4-neighbour outside it (image border counts as outside)."""
-    return _contour_rows(mask, 0, mask.shape[0])
-
-
 def _contour_rows(mask: np.ndarray, top: int, bottom: int) -> np.ndarray:
-    """:func:`_contour` of ``mask`` for rows ``top:bottom`` only (reads one row above and below)."""
+    """Pixels of ``mask`` in rows ``top:bottom`` with at least one 4-neighbour outside it (the image
+    border counts as outside); reads one row above and below."""
     above, below = max(0, top - 1), min(mask.shape[0], bottom + 1)
     window = np.pad(mask[above:below], ((top - above == 0, bottom + 1 - below), (1, 1)), constant_values=False)
     rows = window[1:-1, 1:-1]

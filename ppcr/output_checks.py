@@ -29,10 +29,6 @@ def file_identity(path: str | os.PathLike[str]) -> Hashable:
     return ("file", status.st_dev, status.st_ino)
 
 
-def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    return file_identity(a) == file_identity(b)
-
-
 def _nearest_existing(path: Path) -> Path:
     current = path
     while not current.exists() and current != current.parent:
