@@ -173,9 +173,7 @@ def _warn_truncated(job: "PredictJob", predictions: list["Prediction"], max_leng
 
 
 def _non_finite_box(prediction: "Prediction") -> bool:
-    import math
-
-    return prediction.box is not None and not all(math.isfinite(v) for v in prediction.box)
+    return prediction.box is not None and prediction.finite_box is None
 
 
 def _warn_non_finite(job: "PredictJob", predictions: list["Prediction"]) -> None:
@@ -199,23 +197,25 @@ def _report(job: "PredictJob", size: tuple[int, int], predictions: list["Predict
     height, width = size
     rows = []
     for index, (expression, prediction) in enumerate(zip(job.expressions, predictions)):
-        result = prediction.to_dict()  # non-finite numbers are already None (JSON null)
+        box, score = prediction.finite_box, prediction.finite_score  # non-finite: None (JSON null)
         rows.append(
             {
                 "expression": expression,
-                "read_as": result["expression"],
-                "truncated": result["truncated"],
-                "box": None if result["box"] is None else [round(v, 2) for v in result["box"]],
-                "area": result["area"],
-                "score": None if result["score"] is None else round(result["score"], 4),
+                "read_as": prediction.expression,
+                "truncated": prediction.truncated,
+                "box": None if box is None else [round(v, 2) for v in box],
+                "area": prediction.area,
+                "score": None if score is None else round(score, 4),
                 "mask": None if job.masks is None else str(job.masks[index]),
                 "overlay": None if job.overlays is None else str(job.overlays[index]),
-                "mask_rle": result["mask"],
             }
         )
     if fmt == "json":
+        from ppcr.inference.predictor import mask_to_rle
         from ppcr.strict_json import strict_json_dumps, without_non_finite
 
+        for row, prediction in zip(rows, predictions):  # the RLE only where it is printed
+            row["mask_rle"] = mask_to_rle(prediction.mask)
         summary = {"image": str(job.image), "width": width, "height": height, "predictions": rows}
         typer.echo(strict_json_dumps(without_non_finite(summary)[0], ensure_ascii=False))  # NaN → null
         return

@@ -66,6 +66,16 @@ class Prediction:
         """Mask area in pixels."""
         return int(np.count_nonzero(self.mask))
 
+    @property
+    def finite_box(self) -> Optional[list[float]]:
+        """The box as floats, or None when there is none or any corner is not finite."""
+        return _finite_box(self.box)
+
+    @property
+    def finite_score(self) -> Optional[float]:
+        """The score, or None when it is not finite."""
+        return _finite(self.score)
+
     def to_dict(self) -> dict[str, Any]:
         """A plain, strictly JSON-serialisable summary: what ``ppcr predict --format json`` prints.
 
@@ -76,8 +86,8 @@ class Prediction:
         return {
             "expression": self.expression,
             "truncated": self.truncated,
-            "box": _finite_box(self.box),
-            "score": _finite(self.score),
+            "box": self.finite_box,
+            "score": self.finite_score,
             "area": self.area,
             "mask": mask_to_rle(self.mask),
         }

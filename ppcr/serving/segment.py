@@ -52,15 +52,14 @@ class SegmentedExpression:
 
     def row(self, number: int) -> list[Any]:
         """The table row (box rounded to 0.01 px, score to 4 places, as ``ppcr predict`` prints)."""
-        summary = self.prediction.to_dict()
-        box = summary["box"] or [None] * 4
-        score = summary["score"]
+        box = self.prediction.finite_box or [None] * 4
+        score = self.prediction.finite_score
         return [
             number,
             self.expression,
             *(None if v is None else round(v, 2) for v in box),
             None if score is None else round(score, 4),
-            summary["area"],
+            self.prediction.area,
         ]
 
 
