@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from ppcr.errors import ImageError, PPCRError
 from ppcr.images import load_image
 from ppcr.inference import model_source
-from ppcr.inference.predictor import PPCRPredictor
+from ppcr.inference.predictor import PPCRPredictor, Prediction
 from ppcr.serving import segment as demo
 from ppcr.serving.examples import shapes_examples
 from ppcr.serving.models import model_choices, run_checkpoints
@@ -84,6 +84,18 @@ def test_segment_matches_the_predictor_and_draws_mask_and_box(tiny_model_dir, re
         decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
         np.testing.assert_array_equal(decoded, truth.mask)
     json.dumps(result.details(), allow_nan=False)
+
+
+def test_a_box_with_a_non_finite_corner_is_left_out_of_the_overlay_and_the_table():
+    rgb = Image.new("RGB", (20, 10), (40, 40, 40))
+    mask = np.zeros((10, 20), dtype=bool)
+    mask[2:5, 3:8] = True
+    broken = Prediction(mask, (float("nan"), 1.0, 15.0, 8.0), 0.5)
+    drawn = np.asarray(demo.draw_overlay(rgb, broken))
+    assert np.array_equal(drawn, np.asarray(demo.draw_overlay(rgb, Prediction(mask, None, 0.5))))
+    assert not np.array_equal(drawn, np.asarray(demo.draw_overlay(rgb, Prediction(mask, (1.0, 1.0, 15.0, 8.0), 0.5))))
+    item = demo.SegmentedExpression("x", broken, Image.fromarray(drawn))
+    assert item.row(1) == [1, "x", None, None, None, None, 0.5, 15]
 
 
 def test_one_encoding_per_image_and_reused_when_only_the_text_changes(tiny_model_dir, shapes_image, monkeypatch):

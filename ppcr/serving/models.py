@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-CONFIG_FILE = "config.json"  # what marks a checkpoint folder (ppcr.modeling.config.CONFIG_NAME)
+from ppcr.modeling.config import CONFIG_NAME  # what marks a checkpoint folder
+from ppcr.training.layout import FINAL_DIR
 MAX_DEPTH = 3  # runs/<name>/final, runs/<group>/<name>/final, …
 
 
@@ -23,7 +24,7 @@ def default_choice() -> Optional[ModelChoice]:
     """The model shipped inside the package, if it is installed."""
     from ppcr.inference.model_source import DEFAULT_MODEL
 
-    if not (DEFAULT_MODEL / CONFIG_FILE).is_file():
+    if not (DEFAULT_MODEL / CONFIG_NAME).is_file():
         return None
     return ModelChoice(f"embedded default ({DEFAULT_MODEL.name})", str(DEFAULT_MODEL))
 
@@ -35,7 +36,7 @@ def run_checkpoints(runs: Path) -> list[ModelChoice]:
         return []
     found = []
     for depth in range(1, MAX_DEPTH + 1):
-        pattern = "/".join(["*"] * depth) + f"/final/{CONFIG_FILE}"
+        pattern = "/".join(["*"] * depth) + f"/{FINAL_DIR}/{CONFIG_NAME}"
         found += [config.parent for config in runs.glob(pattern)]
     return [ModelChoice(path.relative_to(runs.parent).as_posix(), str(path)) for path in sorted(set(found))]
 

@@ -13,7 +13,6 @@ no expression, too many or too long expressions, an image over :data:`MAX_IMAGE_
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -157,16 +156,12 @@ def _check_size(width: int, height: int) -> None:
         )
 
 
-def _drawable(box: Optional[tuple[float, float, float, float]]) -> Optional[tuple[float, float, float, float]]:
-    """The box, unless a corner is not finite (then only the mask is drawn; the table says null)."""
-    return box if box is not None and all(math.isfinite(v) for v in box) else None
-
-
 def draw_overlay(rgb: "Image.Image", prediction: "Prediction") -> "Image.Image":
     """The image with the prediction's mask tinted and its box outlined in :data:`TINT`."""
     from ppcr.images import overlay
 
-    return overlay(rgb, prediction.mask, _drawable(prediction.box), alpha=TINT_ALPHA, color=TINT)
+    # overlay leaves out a box with a non-finite corner (only the mask is drawn; the table says null)
+    return overlay(rgb, prediction.mask, prediction.box, alpha=TINT_ALPHA, color=TINT)
 
 
 def segment_expressions(
