@@ -86,7 +86,6 @@ class PromptFormat:
         )
 
 
-LLAVA_HF_PROMPT = PromptFormat()
 GLAMM_PROMPT = PromptFormat(
     image_start_end=True, system=templates.LLAVA_V1_SYSTEM, image_text=templates.GLAMM_IMAGE_TEXT
 )

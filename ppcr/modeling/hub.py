@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from ppcr.errors import CheckpointError, PPCRError
+from ppcr.errors import CheckpointError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ppcr.modeling.model import PPCRModel
@@ -82,8 +82,6 @@ def push_to_hub(
                 revision=revision,
                 commit_message=commit_message,
             )
-        except PPCRError:
-            raise
         except Exception as error:  # network, authentication, permissions: all "could not push"
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise CheckpointError(

@@ -212,14 +212,6 @@ class PPCRModel(nn.Module):
             layer.positional_encoding_gaussian_matrix = matrix.float()
         return result
 
-    def unreached_modules(self) -> list[nn.Module]:
-        """Parts no PPCR forward reaches, kept frozen (:func:`ppcr.modeling.freezing.unreached_modules`)."""
-        return freezing.unreached_modules(self)
-
-    def base_component(self, name: str) -> list[nn.Module]:
-        """The modules behind a ``model.unfreeze`` name (see ``ModelSpec.unfreeze``)."""
-        return freezing.base_component(self, name)
-
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) of everything the optimizer should update."""
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]

@@ -40,6 +40,7 @@ def sam_masks(
     sam_boxes = None if boxes is None else boxes.new_zeros(boxes.shape, dtype=torch.float32)
     embed_dtype = features.sam_embeddings.dtype
     pe_dtype = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.dtype
+    image_pe = prompt_encoder.get_dense_pe().to(embed_dtype)  # the same for every image
     for image in torch.unique(image_index).tolist():
         rows = (image_index == image).nonzero(as_tuple=True)[0]
         input_size = features.input_sizes[image]
@@ -55,7 +56,7 @@ def sam_masks(
             dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(rows.numel(), -1, h, w)
         low_res, quality = decoder(
             image_embeddings=features.sam_embeddings[image : image + 1],
-            image_pe=prompt_encoder.get_dense_pe().to(embed_dtype),
+            image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense.to(embed_dtype),
             multimask_output=False,
