@@ -38,8 +38,26 @@ def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Im
         return image
     side = max(width, height)
     square = Image.new(image.mode, (side, side), fill)
-    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    square.paste(image, square_offsets(height, width))
     return square
+
+
+def square_offsets(height: int, width: int) -> tuple[int, int]:
+    """Where :func:`expand_to_square` pastes an image of this size: (left, top) in the square."""
+    side = max(width, height)
+    return (side - width) // 2, (side - height) // 2
+
+
+def resize_and_crop(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """The centre-crop geometry of :meth:`ClipPreprocess.resize` without padding:
+    ``(new_w, new_h, left, top)``, the shorter side resized to ``size``, then a centred
+    ``size×size`` crop from ``(left, top)``. One place, so the pointer head's patch targets
+    (ppcr.modeling.patch_grid) see exactly the pixels CLIP sees."""
+    if width <= height:
+        new_w, new_h = size, int(size * height / width)
+    else:
+        new_w, new_h = int(size * width / height), size
+    return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
 
 
 class ClipPreprocess:
@@ -74,12 +92,8 @@ class ClipPreprocess:
         if self.pad_to_square:
             return expand_to_square(rgb, self.fill).resize((self.size, self.size), Image.BICUBIC)
         width, height = rgb.size
-        if width <= height:
-            new_w, new_h = self.size, int(self.size * height / width)
-        else:
-            new_w, new_h = int(self.size * width / height), self.size
+        new_w, new_h, left, top = resize_and_crop(height, width, self.size)
         resized = rgb.resize((new_w, new_h), Image.BICUBIC)
-        left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
         return resized.crop((left, top, left + self.size, top + self.size))
 
     def __call__(self, image: ImageSource) -> torch.Tensor:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ppcr.data.preprocess import resize_and_crop, square_offsets
+
 
 class PatchGrid:
     """A ``grid × grid`` patch grid over a ``clip_size`` square input."""
@@ -34,17 +36,15 @@ class PatchGrid:
     def frame(self, height: int, width: int) -> tuple[float, float, float, float]:
         """(scale_x, scale_y, offset_x, offset_y): CLIP-frame = original-normalised · scale + offset.
 
-        Both frames are normalised to [0, 1]; the rounding follows ``ClipPreprocess`` exactly.
+        Both frames are normalised to [0, 1]; the geometry is ``ClipPreprocess``'s own
+        (:func:`~ppcr.data.preprocess.square_offsets`, :func:`~ppcr.data.preprocess.resize_and_crop`).
         """
         if self.pad_to_square:
             side = max(height, width)
-            return width / side, height / side, ((side - width) // 2) / side, ((side - height) // 2) / side
+            pad_x, pad_y = square_offsets(height, width)
+            return width / side, height / side, pad_x / side, pad_y / side
         size = self.clip_size
-        if width <= height:
-            new_w, new_h = size, int(size * height / width)
-        else:
-            new_w, new_h = int(size * width / height), size
-        left, top = (new_w - size) // 2, (new_h - size) // 2
+        new_w, new_h, left, top = resize_and_crop(height, width, size)
         return new_w / size, new_h / size, -left / size, -top / size
 
     def _frames(self, sizes: Sequence[tuple[int, int]], device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
