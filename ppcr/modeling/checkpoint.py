@@ -77,6 +77,14 @@ def heads_state(model: "PPCRModel", state: dict[str, torch.Tensor]) -> dict[str,
     return result
 
 
+def stores_base(model: "PPCRModel") -> bool:
+    """Whether a saved checkpoint must hold the base weights itself: a model with no referenced
+    base, or one whose base training changed (``model.unfreeze``); a referenced public base is
+    only valid while the base is untouched by training."""
+    base = model.base
+    return base is None or base.kind != "reference" or bool(model.spec.unfreeze)
+
+
 def save_checkpoint(
     model: "PPCRModel",
     directory: str | Path,
@@ -117,8 +125,7 @@ def save_checkpoint(
     evaluations = collect_evaluations(metrics, destination)
     base = model.base
     with atomic_directory(directory) as tmp:
-        # A referenced public base is only valid while the base is untouched by training.
-        if store_base or base is None or base.kind != "reference" or model.spec.unfreeze:
+        if store_base or stores_base(model):
             with quiet_progress():
                 model.llava.save_pretrained(tmp / BASE_LLAVA_DIR, state_dict=base_llava_state(state))
             save_file(_under(state, SAM_PREFIX), str(tmp / BASE_SAM_FILE), metadata={"format": "pt"})

@@ -25,10 +25,11 @@ class LocalBaseWarning(UserWarning):
 
 def _local_base_files(model: "PPCRModel") -> list[str]:
     from ppcr.inference.model_source import looks_like_hub_id
+    from ppcr.modeling.checkpoint import stores_base
 
-    base = model.base
-    if base is None or base.kind != "reference" or model.spec.unfreeze:
+    if stores_base(model):
         return []  # the base is stored inside the checkpoint
+    base = model.base
     return [value for value in (base.llava, base.sam) if value and not looks_like_hub_id(value)]
 
 

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ppcr.errors import DataError
+from ppcr.evaluation.outputs import METRICS_FILE, read_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from ppcr.evaluation.evaluate import EvalResult
     from ppcr.modeling.config import BaseWeights, PPCRConfig
 
 CARD_NAME = "README.md"
-METRICS_FILE = "metrics.json"  # as ppcr.evaluation.outputs writes it (that module is not imported here)
 METRIC_COLUMNS = ("oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9")
 # One evaluation: a metrics.json's content, an EvalResult, or the path of a metrics.json or of a
 # folder holding them (an eval folder or a run).
@@ -36,12 +36,6 @@ def _metrics_files(folder: Path) -> list[Path]:
     """metrics.json files of ``folder`` as ``ppcr eval`` lays them out (``<out>/<ds>_<split>/``)."""
     patterns = (METRICS_FILE, f"*/{METRICS_FILE}", f"eval*/*/{METRICS_FILE}")
     return sorted({path for pattern in patterns for path in folder.glob(pattern) if path.is_file()})
-
-
-def _read(path: Path) -> dict[str, Any]:
-    from ppcr.evaluation.outputs import read_metrics
-
-    return read_metrics(path)
 
 
 def _one(source: MetricsSource) -> list[dict[str, Any]]:
@@ -56,8 +50,8 @@ def _one(source: MetricsSource) -> list[dict[str, Any]]:
             files = _metrics_files(path)
             if not files:
                 raise DataError(f"no {METRICS_FILE} under {path}", hint="pass the folder `ppcr eval --out` wrote")
-            return [_read(file) for file in files]
-        return [_read(path)]
+            return [read_metrics(file) for file in files]
+        return [read_metrics(path)]
     raise DataError(
         f"cannot read metrics from a {type(source).__name__}",
         hint="pass metrics.json paths, eval folders, EvalResult objects or dicts",
@@ -86,7 +80,7 @@ def evaluations_beside(checkpoint: Path) -> list[dict[str, Any]]:
     for folder in sorted(base.glob("eval*")):
         for path in sorted(folder.glob(f"*/{METRICS_FILE}")):
             try:
-                found.append(_read(path))
+                found.append(read_metrics(path))
             except DataError:
                 continue  # a damaged file beside the checkpoint must not stop a save
     return found
