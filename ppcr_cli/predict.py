@@ -211,7 +211,7 @@ def _report(job: "PredictJob", size: tuple[int, int], predictions: list["Predict
             }
         )
     if fmt == "json":
-        from ppcr.inference.predictor import mask_to_rle
+        from ppcr.data.refer import mask_to_rle
         from ppcr.strict_json import strict_json_dumps, without_non_finite
 
         for row, prediction in zip(rows, predictions):  # the RLE only where it is printed

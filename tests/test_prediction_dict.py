@@ -12,7 +12,8 @@ import typer
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ppcr.inference.predictor import PPCRPredictor, Prediction, mask_to_rle
+from ppcr.data.refer import mask_to_rle
+from ppcr.inference.predictor import PPCRPredictor, Prediction
 from ppcr_cli.errors import run_guarded
 
 

@@ -407,6 +407,14 @@ def _box_xyxy(bbox: list) -> tuple[float, float, float, float]:
     return (x, y, x + w, y + h)
 
 
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO RLE of an H×W mask (the inverse of :func:`annotation_mask`) with ``counts`` as text, so it can go into JSON as it is."""
+    from pycocotools import mask as mask_utils
+
+    encoded = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=bool).astype(np.uint8)))
+    return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
+
+
 def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
     """Rasterise a COCO segmentation (polygons, compressed or uncompressed RLE) to bool ``H×W``.
 

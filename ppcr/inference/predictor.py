@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from ppcr.data import templates
+from ppcr.data.refer import mask_to_rle
 from ppcr.errors import CheckpointError, PPCRError
 from ppcr.images import ImageSource, load_image
 
@@ -91,14 +92,6 @@ class Prediction:
             "area": self.area,
             "mask": mask_to_rle(self.mask),
         }
-
-
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO RLE of an H×W mask with ``counts`` as text, so it can go into JSON as it is."""
-    from pycocotools import mask as mask_utils
-
-    encoded = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=bool).astype(np.uint8)))
-    return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
 
 def _finite(value: Optional[float]) -> Optional[float]:

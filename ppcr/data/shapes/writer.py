@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from ppcr.data.datasets import DATASETS, SplitCounts
+from ppcr.data.refer import mask_to_rle
 from ppcr.data.shapes.candidates import sentences_for_scene
 from ppcr.data.shapes.drawing import DrawnImage, draw_image
 from ppcr.data.shapes.expressions import typed_form
@@ -111,7 +111,7 @@ def _install(staging: Path, out: Path) -> None:
 
 
 
-def _segmentation(obj, height: int, width: int) -> list:
+def _segmentation(obj) -> list:
     """Polygon when fully visible; the visible region as compressed RLE when occluded.
 
     RLE is wrapped in a one-element list, as refclef stores it: refer-style readers test
@@ -119,8 +119,7 @@ def _segmentation(obj, height: int, width: int) -> list:
     """
     if not obj.occluded:
         return [obj.polygon]
-    rle = mask_utils.encode(np.asfortranarray(obj.visible_mask.astype(np.uint8)))
-    return [{"size": [height, width], "counts": rle["counts"].decode("ascii")}]
+    return [mask_to_rle(obj.visible_mask)]
 
 
 def _annotations(image_id: int, drawn: DrawnImage) -> tuple[list[dict], Scene]:
@@ -133,7 +132,7 @@ def _annotations(image_id: int, drawn: DrawnImage) -> tuple[list[dict], Scene]:
                 "id": ann_id,
                 "image_id": image_id,
                 "category_id": CATEGORY_IDS[obj.spec.shape],
-                "segmentation": _segmentation(obj, drawn.height, drawn.width),
+                "segmentation": _segmentation(obj),
                 "area": float(np.count_nonzero(obj.visible_mask)),
                 "bbox": list(bbox),
                 "iscrowd": 0,
