@@ -22,8 +22,8 @@ from typing import Any, Optional
 
 from ppcr.data.templates import normalise_expression
 from ppcr.errors import DataError, PPCRError
-from ppcr.inference.outputs import check_distinct, check_mask_path, check_overlay_path, numbered_paths
-from ppcr.output_checks import ProtectedInputs
+from ppcr.inference.outputs import check_mask_path, check_overlay_path, numbered_paths
+from ppcr.output_checks import ProtectedInputs, check_distinct
 
 KEYS = ("image", "expressions", "mask", "overlay")
 

@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ppcr.errors import PPCRError
-from ppcr.output_checks import check_distinct, check_writable
+from ppcr.output_checks import check_writable
 
 __all__ = [
-    "check_distinct",
     "check_mask_path",
     "check_overlay_path",
-    "check_writable",
     "numbered_paths",
     "write_prediction_files",
 ]
