@@ -182,7 +182,8 @@ class _RefsSchema:
                     value = self.sentence_list(value, f"{where} {key!r}")
                 else:
                     value = self.field(value, f"{where} {_shown(key)}")
-                fields[self.text(key)] = value
+                if self.repair:  # only a repaired record is a copy; otherwise the checks are all
+                    fields[self.text(key)] = value
             known = fields if self.repair else record
             self.memo[id(record)] = known
         if sentences_allowed:
