@@ -258,6 +258,8 @@ def eval_command(
     _device_and_dtype(device, dtype)  # a device or dtype this machine lacks fails before any file is read
     given = model
     model = resolve_model_dir(model)
+    # How the results name the model: the resolved folder, or the hub id as given.
+    model_name = str(model) if given is None or Path(given).expanduser().exists() else given
     config = _check_model_dir(model)
     spec = get_dataset(dataset)
     splits = list(dict.fromkeys(split))
@@ -278,7 +280,7 @@ def eval_command(
     if nproc > 1 or launched_externally():
         results = _evaluate_in_processes(
             model, dataset, splits, root, images, box_source, destination, save_vis, batch_size, naive, device, nproc,
-            dtype=dtype, model_name=str(model) if given is None or Path(given).expanduser().exists() else given,
+            dtype=dtype, model_name=model_name,
         )
         if os.environ.get("RANK", "0") == "0":  # under torchrun/deepspeed, rank 0 reports
             print_outcome(results, output_format, destination)
@@ -301,7 +303,7 @@ def eval_command(
             batch_size=batch_size,
             naive=naive,
             progress=progress,
-            model_name=str(model) if given is None or Path(given).expanduser().exists() else given,
+            model_name=model_name,
         )
     print_outcome(results, output_format, destination)
 
