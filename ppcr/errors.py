@@ -37,3 +37,10 @@ class CheckpointError(PPCRError):
 
 class ImageError(PPCRError):
     """An input image cannot be read."""
+
+
+def first_line(error: BaseException) -> str:
+    """What a one-line message quotes of another library's exception: the first line of its text
+    (surrounding blank lines dropped), or its type name when it has no text."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ppcr.config.schema import TinySpec
-from ppcr.errors import CheckpointError
+from ppcr.errors import CheckpointError, first_line
 from ppcr.modeling.config import TokenIds
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -154,11 +154,6 @@ def quiet_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def load_llava(
     source: str | Path,
     *,
@@ -184,7 +179,7 @@ def load_llava(
             model, info = LlavaForConditionalGeneration.from_pretrained(str(source), **kwargs)
     except (OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(
-            f"cannot load LLaVA from {source}: {_first_line(error)}",
+            f"cannot load LLaVA from {source}: {first_line(error)}",
             hint="use a local directory (save_pretrained layout) or download the hub model first",
         ) from None
     problems = []
@@ -205,7 +200,7 @@ def load_tokenizer(source: str | Path) -> "PreTrainedTokenizerBase":
         return AutoTokenizer.from_pretrained(str(source))
     except (OSError, ValueError, TypeError) as error:
         raise CheckpointError(
-            f"cannot load a tokenizer from {source}: {_first_line(error)}",
+            f"cannot load a tokenizer from {source}: {first_line(error)}",
             hint="set init.tokenizer to a local tokenizer directory or a reachable hub id",
         ) from None
 

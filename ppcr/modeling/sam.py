@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ppcr.config.schema import TinySpec
-from ppcr.errors import CheckpointError
+from ppcr.errors import CheckpointError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from segment_anything.modeling import Sam
@@ -183,8 +183,7 @@ def read_sam_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except CheckpointError:
         raise
     except Exception as error:  # noqa: BLE001 - any reader failure means a corrupt/foreign file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot read SAM checkpoint {path}: {reason}") from None
+        raise CheckpointError(f"cannot read SAM checkpoint {path}: {first_line(error)}") from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

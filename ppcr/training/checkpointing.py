@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppcr.errors import CheckpointError
+from ppcr.errors import CheckpointError, first_line
 from ppcr.io import (
     atomic_directory,
     atomic_save_json,
@@ -289,9 +289,8 @@ def verify_state_files(tag_dir: Path) -> None:
             try:
                 torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception as exc:  # noqa: BLE001 - any failure means "do not trust this file"
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise CheckpointError(
-                    f"training state file {path} cannot be loaded safely: {first}",
+                    f"training state file {path} cannot be loaded safely: {first_line(exc)}",
                     hint="resume only from state directories written by ppcr train",
                 ) from None
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ppcr.errors import CheckpointError
+from ppcr.errors import CheckpointError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -177,7 +177,7 @@ def _indexed(source: str, root: Path, index_path: Path) -> Checkpoint:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(
-            f"cannot read {index_path}: {_first_line(error)}", hint="the index file is corrupt"
+            f"cannot read {index_path}: {_first_line_cut(error)}", hint="the index file is corrupt"
         ) from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
@@ -295,12 +295,12 @@ def _all_tensors(state: dict) -> bool:
 
 def _corrupt(path: Path, error: BaseException) -> CheckpointError:
     return CheckpointError(
-        f"{path} is corrupt or truncated ({_first_line(error)})",
+        f"{path} is corrupt or truncated ({_first_line_cut(error)})",
         hint="re-download the checkpoint; the file could not be parsed",
     )
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    line = text[0] if text else type(error).__name__
+def _first_line_cut(error: BaseException) -> str:
+    """:func:`~ppcr.errors.first_line`, cut to 160 characters (parsers quote whole files)."""
+    line = first_line(error)
     return line if len(line) <= 160 else line[:157] + "..."
