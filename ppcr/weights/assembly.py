@@ -138,10 +138,9 @@ def load_glamm(
     keep = TOKEN_ROW_TARGETS if base_rows_from == "grand" else ()
     parent = ParentCheck(grand, refseg)
     state, svd_reports = extract_adapter(
-        _renamed(resolved["refseg"], "refseg", watch=lambda stream: parent.watch(stream, CHILD)),
+        _renamed(parent.watch(iter_tensors(resolved["refseg"]), CHILD), "refseg"),
         _renamed(
-            resolved["grand"], "grand", siphon=grand_rows, siphon_targets=keep,
-            watch=lambda stream: parent.watch(stream, PARENT),
+            parent.watch(iter_tensors(resolved["grand"]), PARENT), "grand", siphon=grand_rows, siphon_targets=keep
         ),
         targets,
         rank,
@@ -235,20 +234,15 @@ def _holding(
 
 
 def _renamed(
-    checkpoint: Checkpoint,
+    stream: Iterator[tuple[str, torch.Tensor]],
     label: str,
     siphon: dict[str, torch.Tensor] | None = None,
     siphon_targets: Collection[str] = (),
-    watch: Callable[[Iterator[tuple[str, torch.Tensor]]], Iterator[tuple[str, torch.Tensor]]] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """The kept tensors of a GLaMM checkpoint under their target names (the report is a scratch one).
-
-    ``watch`` sees the raw stream (GLaMM's names) first. Every kept tensor is yielded, not only the
-    LLM's, so two such streams read side by side stay at the same place in their checkpoints.
+    """The kept tensors of a GLaMM checkpoint's ``stream`` (GLaMM's names) under their target
+    names (the report is a scratch one). Every kept tensor is yielded, not only the LLM's, so two
+    such streams read side by side stay at the same place in their checkpoints.
     """
-    stream = iter_tensors(checkpoint)
-    if watch is not None:
-        stream = watch(stream)
     for decision, tensor in map_tensors(stream, GLAMM, MappingReport(), label):
         if siphon is not None and decision.target in siphon_targets:
             siphon[decision.target] = tensor
