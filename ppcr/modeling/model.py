@@ -481,8 +481,8 @@ class PPCRModel(nn.Module):
         )
         target = None
         if prediction.patch_logits is not None and batch.gt_boxes is not None:
-            image_index = batch.text.image_index.to(prediction.patch_logits.device)
-            target = self.target_patches(batch.gt_boxes.to(prediction.patch_logits.device), image_index, features)
+            gt_boxes = batch.gt_boxes.to(prediction.patch_logits.device)
+            target = self.target_patches(gt_boxes, batch.text.image_index, features)  # the index is only read
         loss, terms, metrics = losses.objective(prediction, batch.gt_masks, batch.gt_boxes, target, self.loss_weights)
         return PPCROutput(
             loss=loss,
