@@ -263,7 +263,10 @@ def load_checkpoint(
     sam = build_sam(sam_architecture(wanted.sam, wanted.tiny))
     load_sam_weights(sam, sam_source, size=wanted.sam)
 
-    model_base = base.resolved(directory) if base.kind == "reference" else BaseWeights(kind="stored", llava=None, sam=None)
+    if base.kind == "reference":  # where the base was read from, usable from anywhere
+        model_base = BaseWeights(kind="reference", llava=llava_source, sam=sam_source)
+    else:
+        model_base = BaseWeights(kind="stored", llava=None, sam=None)
     model = model_class(wanted, llava, sam, token_ids, tokenizer=tokenizer, base=model_base)
     saved = config.model
     loadable = tuple(n for n in model.adapters.names if n in adapter_names(saved))

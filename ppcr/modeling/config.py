@@ -139,9 +139,6 @@ class BaseWeights:
             return os.path.realpath(Path(root) / value)
         return value
 
-    def resolved(self, root: Path) -> "BaseWeights":
-        return BaseWeights(self.kind, self.resolve(self.llava, root), self.resolve(self.sam, root))
-
     def relative_to(self, root: str | Path) -> "BaseWeights":
         """As config.json of a checkpoint in ``root`` stores it (see :func:`portable_path`)."""
         return BaseWeights(self.kind, portable_path(self.llava, root), portable_path(self.sam, root))
