@@ -22,20 +22,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def set_trainable(model: "PPCRModel") -> None:
     """Set ``requires_grad`` on every parameter of ``model`` as the module docstring says."""
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
+    model.requires_grad_(False)
     for parameter in model.adapters.all_parameters():
         parameter.requires_grad_(True)
     for module in model.trainable_modules().values():
-        for parameter in module.parameters():
-            parameter.requires_grad_(True)
+        module.requires_grad_(True)
     for name in model.spec.unfreeze:
         for module in base_component(model, name):
-            for parameter in module.parameters():
-                parameter.requires_grad_(True)
+            module.requires_grad_(True)
     for module in unreached_modules(model):
-        for parameter in module.parameters():
-            parameter.requires_grad_(False)
+        module.requires_grad_(False)
 
 
 def unreached_modules(model: "PPCRModel") -> list[nn.Module]:
