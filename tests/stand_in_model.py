@@ -10,7 +10,7 @@ forward (counted per process) return a NaN term, to test the trainer's non-finit
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,6 +35,7 @@ class StandInConfig:
 class StandInOutput:
     loss: torch.Tensor
     losses: dict[str, torch.Tensor]
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # logged, never optimised
 
 
 class StandInModel(nn.Module):
@@ -63,7 +64,8 @@ class StandInModel(nn.Module):
             self.forward_calls += 1
             if self.forward_calls == self.config.nan_at_forward and self._is_nan_rank():
                 mse = mse * float("nan")
-        return StandInOutput(loss=mse + 0.5 * l1, losses={"mse": mse, "l1": l1})
+        worst = torch.max(torch.abs(prediction - target)).detach()
+        return StandInOutput(loss=mse + 0.5 * l1, losses={"mse": mse, "l1": l1}, metrics={"max_abs_error": worst})
 
     def _is_nan_rank(self) -> bool:
         if self.config.nan_rank is None:

@@ -391,6 +391,8 @@ def test_metrics_env_and_recipe_are_written(run_one):
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert logged == rows and [row["step"] for row in rows] == list(range(1, STEPS + 1))
     assert set(rows[0]["losses"]) == {"mse", "l1"} and rows[0]["samples_per_s"] > 0
+    # metrics are logged beside the losses under their own names, not as loss terms
+    assert all(set(row["metrics"]) == {"max_abs_error"} and row["metrics"]["max_abs_error"] >= 0 for row in rows)
     assert sum(r["loss"] for r in rows[-4:]) < sum(r["loss"] for r in rows[:4])
     # WarmupDecayLR as DeepSpeed implements it: step k uses the value for iteration k-2
     # (0 for the first two steps), linear warmup over 2, linear decay to 0 at 16.

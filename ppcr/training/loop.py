@@ -60,6 +60,9 @@ from ppcr.training.plan import TrainingPlan, make_plan
 from ppcr.training.request import RunRequest
 from ppcr.training.result import TrainResult
 
+# Metrics travel beside the loss terms in one reduced vector, their names under this prefix.
+METRIC_PREFIX = "metric:"
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -287,7 +290,7 @@ class Trainer:
                 "a .loss tensor and a .losses dict"
             )
         metrics = getattr(output, "metrics", None) or {}
-        values = {**losses, **{f"metric:{k}": v for k, v in metrics.items()}}
+        values = {**losses, **{f"{METRIC_PREFIX}{k}": v for k, v in metrics.items()}}
         names = sorted(values)
         if self.term_names is None:
             self.term_names = names
@@ -334,17 +337,20 @@ class Trainer:
         """One metrics row; ``lr`` is the first parameter group's, ``group_lrs`` all of them when
         there are several (``train.mllm_lr``)."""
         mean = window.mean()
+        terms = dict(zip(self.term_names or [], mean[1:]))
         row = {
             "step": self.step,
             "epoch": epoch,
             "lr": lrs[0],
             "loss": mean[0],
-            "losses": {name: mean[i + 1] for i, name in enumerate(self.term_names or []) if ":" not in name},
+            "losses": {name: value for name, value in terms.items() if not name.startswith(METRIC_PREFIX)},
             "samples_per_s": window.samples / window.seconds if window.seconds > 0 else 0.0,
             "steps_in_window": window.steps,
             "time": time.time(),
         }
-        metrics = {name[7:]: mean[i + 1] for i, name in enumerate(self.term_names or []) if name.startswith("metric:")}
+        metrics = {
+            name.removeprefix(METRIC_PREFIX): value for name, value in terms.items() if name.startswith(METRIC_PREFIX)
+        }
         if metrics:
             row["metrics"] = metrics
         if len(lrs) > 1:
